@@ -1,0 +1,1 @@
+"""The serving core: model registry and lifecycle, schedulers, request/response types, statistics."""
