@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,7 @@ TRITON_TO_NUMPY: dict[str, Any] = {
     "BYTES": np.object_,
     "BF16": np.uint16,
 }
+
 
 # config.pbtxt DataType enum names (TYPE_FP32) <-> wire names (FP32).
 def config_to_wire_dtype(config_dtype: str) -> str:
@@ -98,9 +100,15 @@ class InferenceRequest:
     arrival_ns: int = field(default_factory=time.monotonic_ns)
     responses: asyncio.Queue[InferenceResponse] = field(default_factory=asyncio.Queue)
     _cancelled: bool = False
+    # Set by the core's scheduler: called once with the final response (statistics,
+    # in-flight accounting). Backends do not touch it.
+    on_final: Callable[[InferenceResponse], None] | None = field(default=None, repr=False)
 
     def send(self, response: InferenceResponse) -> None:
         self.responses.put_nowait(response)
+        if response.final and self.on_final is not None:
+            hook, self.on_final = self.on_final, None
+            hook(response)
 
     def cancel(self) -> None:
         self._cancelled = True

@@ -1,0 +1,74 @@
+"""The core with the real Python backend (stub processes): auto-complete of a folder with
+only 1/model.py, a dynamic-batched model, a decoupled model, reload in explicit mode."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tritium.server.core import InferenceServer
+from tritium.server.options import ServerOptions
+from tritium.server.types import InferenceRequest, Tensor
+
+
+def _python_backend_available() -> bool:
+    try:
+        from tritium.server.backends import get_factory
+
+        get_factory("python")
+    except Exception:
+        return False
+    return True
+
+
+pytestmark = pytest.mark.skipif(not _python_backend_available(), reason="python backend missing")
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "python_models"
+
+
+@pytest.fixture
+def python_repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "models"
+    for name in ("auto_complete", "repeat_decoupled"):
+        shutil.copytree(EXAMPLES / name, repo / name)
+    return repo
+
+
+async def test_python_models_through_the_core(python_repo: Path):
+    server = InferenceServer(
+        ServerOptions(
+            model_repository=[str(python_repo)], model_control_mode="explicit", load_model=["*"]
+        )
+    )
+    await server.start()
+    try:
+        assert server.is_ready()
+        config = server.model_config("auto_complete")
+        # config.pbtxt-less folder: python backend, completed by the model's auto_complete_config
+        assert config.backend == "python" and config.max_batch_size == 4
+        assert config.HasField("dynamic_batching")
+        assert list(config.dynamic_batching.preferred_batch_size) == [4]
+        assert [i.name for i in config.input] == ["INPUT0"]
+        x = np.arange(8, dtype=np.float32).reshape(2, 4)
+        req = InferenceRequest("auto_complete", inputs={"INPUT0": Tensor("INPUT0", "FP32", x)})
+        [resp] = [r async for r in server.infer(req)]
+        assert resp.error is None
+        np.testing.assert_array_equal(resp.outputs[0].data, x * 2)
+
+        req = InferenceRequest(
+            "repeat_decoupled",
+            inputs={"IN": Tensor("IN", "INT32", np.array([5, 6, 7], dtype=np.int32))},
+        )
+        responses = [r async for r in server.infer(req)]
+        data = [int(r.outputs[0].data[0]) for r in responses if r.outputs]
+        assert data == [5, 6, 7] and responses[-1].final
+
+        await server.unload_model("auto_complete")
+        assert server.repository_index()[0]["reason"] == "unloaded"
+        await server.load_model("auto_complete")
+        assert server.model_ready("auto_complete")
+    finally:
+        await server.stop(timeout_s=5)
