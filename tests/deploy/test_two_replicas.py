@@ -1,0 +1,163 @@
+"""Two Tritium replicas behind Debian's nginx on loopback, as a Service load-balances
+pods: both serve, and stopping one mid-run loses no request (proxy_next_upstream)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .helpers import ROOT, ensure_debian_tool, free_port, http_status, stop, wait_for
+
+PYTHON_MODELS = ROOT / "examples" / "python_models"
+
+NGINX_CONF = """
+{user}
+daemon off;
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    client_body_temp_path {work}/body;
+    proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi;
+    scgi_temp_path {work}/scgi;
+    log_format upstream '$upstream_addr $status';
+    access_log {work}/access.log upstream;
+    upstream tritium {{
+        server 127.0.0.1:{a} max_fails=1 fail_timeout=30s;
+        server 127.0.0.1:{b} max_fails=1 fail_timeout=30s;
+        keepalive 8;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://tritium;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            # Inference is a POST: retry it on the other replica only when this one
+            # refused or dropped the connection before answering.
+            proxy_next_upstream error timeout http_502 http_503 non_idempotent;
+            proxy_next_upstream_tries 2;
+        }}
+    }}
+}}
+"""
+
+
+def start_replica(repo: Path, log: Path) -> tuple[subprocess.Popen, int]:
+    http = free_port()
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tritium.cli", "serve", f"--model-repository={repo}",
+             "--http-address=127.0.0.1", f"--http-port={http}",
+             "--grpc-address=127.0.0.1", f"--grpc-port={free_port()}",
+             "--metrics-address=127.0.0.1", f"--metrics-port={free_port()}",
+             "--exit-timeout-secs=10"],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    return process, http
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[dict]:
+    if not (PYTHON_MODELS / "add_sub").is_dir():
+        pytest.skip("examples/python_models/add_sub is not there")
+    nginx = ensure_debian_tool("nginx", "nginx")
+    repo = tmp_path / "repo"
+    shutil.copytree(PYTHON_MODELS / "add_sub", repo / "add_sub")
+    replicas = [start_replica(repo, tmp_path / f"replica{i}.log") for i in range(2)]
+    work = tmp_path / "nginx"
+    work.mkdir()
+    port = free_port()
+    conf = NGINX_CONF.format(
+        user="user root;" if os.geteuid() == 0 else "",
+        work=work,
+        a=replicas[0][1],
+        b=replicas[1][1],
+        port=port,
+    )
+    (work / "nginx.conf").write_text(conf)
+    proxy = subprocess.Popen(
+        [nginx, "-c", str(work / "nginx.conf"), "-p", str(work)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for process, http in replicas:
+            wait_for(
+                lambda http=http, process=process: (
+                    http_status(f"http://127.0.0.1:{http}/v2/health/ready") == 200
+                    or process.poll() is not None
+                ),
+                "a replica to be ready",
+            )
+            assert process.poll() is None
+        wait_for(lambda: http_status(f"http://127.0.0.1:{port}/v2/health/live") == 200, "nginx")
+        yield {"replicas": replicas, "port": port, "access_log": work / "access.log"}
+    finally:
+        stop(proxy)
+        for process, _ in replicas:
+            if process.poll() is None:
+                stop(process)
+
+
+def test_both_replicas_serve_and_one_can_stop_mid_run(cluster: dict) -> None:
+    import tritonclient.http as httpclient
+
+    total, threads, stop_after = 240, 4, 80
+    results: list[bool] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    stopped = threading.Event()
+    (first, first_port), (_, second_port) = cluster["replicas"]
+
+    def worker() -> None:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{cluster['port']}")
+        for _ in range(total // threads):
+            inputs = [httpclient.InferInput(n, [1, 4], "FP32") for n in ("INPUT0", "INPUT1")]
+            inputs[0].set_data_from_numpy(np.full((1, 4), 3.0, dtype=np.float32))
+            inputs[1].set_data_from_numpy(np.full((1, 4), 2.0, dtype=np.float32))
+            try:
+                out = client.infer("add_sub", inputs).as_numpy("OUTPUT0")
+                ok = out.tolist() == [[5.0] * 4]
+            except Exception as exc:  # a lost request: record it, keep going
+                ok = False
+                with lock:
+                    errors.append(repr(exc))
+            with lock:
+                results.append(ok)
+                if len(results) == stop_after and not stopped.is_set():
+                    stopped.set()
+                    # SIGTERM, as the kubelet sends after preStop: the replica drains.
+                    threading.Thread(target=first.terminate).start()
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    first.wait(timeout=30)
+
+    assert stopped.is_set()
+    assert len(results) == total
+    assert all(results), errors[:5]
+    served = Counter()
+    for line in cluster["access_log"].read_text().splitlines():
+        upstreams, status = line.rsplit(" ", 1)
+        if status == "200":
+            # On a retry nginx logs "a, b": the last one answered.
+            served[upstreams.split(", ")[-1].rsplit(":", 1)[-1]] += 1
+    assert served[str(first_port)] > 0 and served[str(second_port)] > 0, served
+    # After the stop, the survivor carried the rest.
+    assert served[str(second_port)] >= total - stop_after - threads
