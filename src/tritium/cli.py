@@ -99,13 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_serve_parser(subparsers)
     # The client and the benchmark register their own subcommands.
-    try:
-        from tritium.client import bench, client
-    except ImportError:  # while the client package is being built
-        pass
-    else:
-        client.register(subparsers)
-        bench.register(subparsers)
+    from tritium.client import bench, client
+
+    client.register(subparsers)
+    bench.register(subparsers)
     return parser
 
 
