@@ -19,6 +19,9 @@ async def test_metadata_and_model_metadata(repo, make_server):
     server = await make_server()
     meta = server.metadata()
     assert meta["name"] == "triton" and "model_repository" in meta["extensions"]
+    server.extensions.append("binary_tensor_data")  # as the HTTP frontend adds it
+    listed = server.metadata()["extensions"]
+    assert listed.index("binary_tensor_data") < listed.index("parameters")  # Triton's order
     assert server.is_live() and server.is_ready()
     md = server.model_metadata("add_sub")
     assert md == {
@@ -36,7 +39,8 @@ async def test_metadata_and_model_metadata(repo, make_server):
     }
     handle = server.get_model("add_sub")
     assert (handle.name, handle.version, handle.decoupled) == ("add_sub", 1, False)
-    assert server.model_config("add_sub").instance_group[0].name == "add_sub_0"
+    # No instance_group in the config: Triton names the one it adds after the model.
+    assert server.model_config("add_sub").instance_group[0].name == "add_sub"
 
 
 async def test_infer_add_sub_and_output_filter(repo, make_server):
@@ -67,7 +71,8 @@ async def test_infer_add_sub_and_output_filter(repo, make_server):
         (
             lambda: add_sub_request([1] * 3, [1] * 3, rid="x"),
             ErrorCode.INVALID_ARG,
-            "[request id: x] unexpected shape for input 'INPUT0' for model 'add_sub'. "
+            # both inputs are wrong: Triton names the last one (its unordered_map order)
+            "[request id: x] unexpected shape for input 'INPUT1' for model 'add_sub'. "
             "Expected [-1,4], got [1,3]. NOTE: Setting a non-zero max_batch_size",
         ),
         (
@@ -163,6 +168,22 @@ async def test_statistics(repo, make_server):
     ]
 
 
+async def test_statistics_count_model_errors_as_successes(repo, make_server):
+    """Triton 2.51: a model's own error response is a success, an exception in execute a
+    failure; both are executions, only successes are inferences."""
+    write_model(repo, "add_sub", ADD_SUB)
+    server = await make_server()
+    for first in (1, -1, -2):
+        [resp] = await collect(server, add_sub_request([first] * 4, [2] * 4))
+        assert (resp.error is None) == (first == 1)
+    [stats] = server.statistics("add_sub")["model_stats"]
+    assert stats["execution_count"] == 3 and stats["inference_count"] == 2
+    inf = stats["inference_stats"]
+    assert inf["success"]["count"] == 2 and inf["fail"]["count"] == 1
+    assert inf["compute_infer"]["count"] == 2
+    assert stats["batch_stats"][0]["compute_infer"]["count"] == 3
+
+
 async def test_strict_readiness_and_exit_on_error(repo, make_server):
     write_model(repo, "add_sub", ADD_SUB)
     write_model(
@@ -180,7 +201,7 @@ async def test_strict_readiness_and_exit_on_error(repo, make_server):
     assert "failed on purpose" in entries["broken"]["reason"]
     with pytest.raises(TritonError) as err:
         server.infer(add_sub_request([1] * 4, [1] * 4, model="broken"))
-    assert err.value.code == ErrorCode.UNAVAILABLE
+    assert err.value.code == ErrorCode.NOT_FOUND  # Triton 2.51 answers 404 here
     assert err.value.message == "Request for unknown model: 'broken' has no available versions"
 
 
@@ -239,6 +260,7 @@ async def test_settings(repo, make_server):
         "trace_rate": "1000",
         "trace_count": "-1",
         "log_frequency": "0",
+        "trace_mode": "triton",
     }
     assert server.update_trace_settings({"trace_rate": 10})["trace_rate"] == "10"
     with pytest.raises(TritonError):
@@ -247,18 +269,14 @@ async def test_settings(repo, make_server):
         server.update_trace_settings({"nope": "1"})
 
 
-async def test_backend_failure_marks_model_unavailable(repo, make_server, factory):
+async def test_backend_failure_keeps_model_ready_as_triton_does(repo, make_server, factory):
+    """Triton 2.51 keeps a model whose stub died READY (tests/conformance records it)."""
     write_model(repo, "add_sub", ADD_SUB)
     write_model(repo, "identity", IDENTITY)
     server = await make_server()
     [backend] = [b for b in factory.backends if b.context.model_name == "identity"]
     backend.context.report_failure("stub process for instance identity_0_0 died")
-    assert not server.model_ready("identity") and server.model_ready("add_sub")
-    assert not server.is_ready()
+    assert server.model_ready("identity") and server.model_ready("add_sub")
+    assert server.is_ready()
     [entry] = [e for e in server.repository_index() if e["name"] == "identity"]
-    assert entry == {
-        "name": "identity",
-        "version": "1",
-        "state": "UNAVAILABLE",
-        "reason": "stub process for instance identity_0_0 died",
-    }
+    assert entry == {"name": "identity", "version": "1", "state": "READY"}

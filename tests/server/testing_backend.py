@@ -7,6 +7,9 @@ Behaviour comes from config parameters:
         (OUTPUT0 = INPUT0) or "stream" (decoupled: INPUT0[0] responses, then a final flag)
   delay_ms: time each execution takes
   fail_load: "1" makes load() fail
+In add_sub and identity modes, INPUT0[0] == -1 makes the model answer with an error (a
+success for statistics, as a pb_utils.TritonError response is in Triton) and -2 makes
+execute() raise (a failure).
 A file `tag` in the version folder names the generation of a model (poll tests).
 """
 
@@ -114,12 +117,23 @@ class TestBackend:
         else:
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
-            for r in requests:
-                r.send(InferenceResponse(outputs=self._compute(r)))
+            firsts = [float(r.inputs["INPUT0"].data.reshape(-1)[0]) for r in requests]
+            if -2 in firsts:
+                raise TritonError("execute failed on purpose")
+            for r, first in zip(requests, firsts, strict=True):
+                if first == -1:
+                    r.send(InferenceResponse(error=TritonError("model says no")))
+                else:
+                    r.send(InferenceResponse(outputs=self._compute(r)))
         record.end = time.monotonic()
         infer_ns = time.monotonic_ns() - t0
         return [
-            RequestTimings(compute_input_ns=1000, compute_infer_ns=infer_ns, compute_output_ns=2000)
+            RequestTimings(
+                compute_input_ns=1000,
+                compute_infer_ns=infer_ns,
+                compute_output_ns=2000,
+                success=True,
+            )
             for _ in requests
         ]
 

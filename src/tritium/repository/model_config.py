@@ -16,6 +16,14 @@ CONFIG_FILENAME = "config.pbtxt"
 
 # Backends whose model folder is recognised by a file when config.pbtxt names none.
 DEFAULT_MODEL_FILENAMES = {"python": "model.py"}
+# Triton's AutoCompleteBackendFields also recognises other frameworks' files; Tritium has
+# no backend for them, and such a model then fails to load as in Triton (no library).
+OTHER_FRAMEWORK_FILENAMES = {
+    "tensorrt": "model.plan",
+    "tensorflow": "model.savedmodel",
+    "onnxruntime": "model.onnx",
+    "pytorch": "model.pt",
+}
 
 
 def parse_config_text(text: str, path: Path | str = CONFIG_FILENAME) -> ModelConfig:
@@ -70,6 +78,11 @@ def detect_backend(config: ModelConfig, version_dirs: list[Path]) -> None:
         if any((d / name).is_file() for d in version_dirs):
             config.backend = backend
             return
+    for backend, filename in OTHER_FRAMEWORK_FILENAMES.items():
+        name = config.default_model_filename or filename
+        if any((d / name).exists() for d in version_dirs):
+            config.backend = backend
+            return
 
 
 def fill_defaults(
@@ -83,23 +96,26 @@ def fill_defaults(
     if config.backend in DEFAULT_MODEL_FILENAMES and not config.default_model_filename:
         config.default_model_filename = DEFAULT_MODEL_FILENAMES[config.backend]
     if config.HasField("dynamic_batching"):
+        # Triton fills the preferred size only; an absent default_queue_policy stays absent
+        # (its zero values are the defaults the scheduler applies).
         db = config.dynamic_batching
         if not db.preferred_batch_size and config.max_batch_size > 0:
             db.preferred_batch_size.append(config.max_batch_size)
-        db.default_queue_policy.SetInParent()
     opt = config.optimization
     if not opt.HasField("input_pinned_memory"):
         opt.input_pinned_memory.enable = True
     if not opt.HasField("output_pinned_memory"):
         opt.output_pinned_memory.enable = True
-    config.model_transaction_policy.SetInParent()
+    # model_transaction_policy is not filled in: Triton's /config omits it unless given.
     _fill_instance_groups(config, gpu_ids, backend_supports_gpu)
 
 
 def _fill_instance_groups(config: ModelConfig, gpu_ids: list[int], supports_gpu: bool) -> None:
     group_cls = model_config_pb2.ModelInstanceGroup
     if not config.instance_group:
-        config.instance_group.add()
+        # Triton names the group it adds after the model itself ("m"); groups the config
+        # declares without a name become "m_<index>".
+        config.instance_group.add(name=config.name)
     for i, group in enumerate(config.instance_group):
         if not group.name:
             group.name = f"{config.name}_{i}"

@@ -4,8 +4,9 @@ A `Backend` is one loaded model version. The core's scheduler forms batches and 
 `execute(instance, requests)` on a free instance; the backend delivers responses with
 `request.send(...)` (any number for a decoupled model, the last one final=True) and
 returns per-request timings for statistics. A backend that loses an instance (a stub
-process died) calls `context.report_failure(reason)` so the registry marks the model
-UNAVAILABLE while every other model keeps serving.
+process died) calls `context.report_failure(reason)`; as in Triton the model stays READY
+(the backend fails the requests sent to the dead instance) and every other model keeps
+serving.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 from tritonclient.grpc import model_config_pb2
 
 from tritium.server.types import InferenceRequest, InferenceResponse
 
-ModelConfig = model_config_pb2.ModelConfig
+ModelConfig: TypeAlias = model_config_pb2.ModelConfig
 
 
 @dataclass
@@ -31,6 +32,11 @@ class RequestTimings:
     compute_infer_ns: int = 0
     compute_output_ns: int = 0
     queue_ns: int = 0
+    # Whether the request executed successfully, as a Triton backend reports it
+    # (TRITONBACKEND_ModelInstanceReportStatistics): a model's own error response
+    # (pb_utils.TritonError) is a success, an exception in execute() a failure. None: the
+    # core judges by the final response (an error is a failure).
+    success: bool | None = None
 
 
 class ServerHandle(Protocol):

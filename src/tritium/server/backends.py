@@ -36,7 +36,10 @@ def get_factory(name: str) -> BackendFactory:
         return _factories[name]
     module_name = BACKEND_MODULES.get(name)
     if module_name is None:
-        raise invalid_arg(f"unable to find backend '{name}': no such backend is available")
+        raise invalid_arg(
+            f"unable to find backend library for backend '{name}', try specifying runtime on "
+            "the model configuration."
+        )
     try:
         module = importlib.import_module(module_name)
         make = module.factory

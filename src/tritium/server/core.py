@@ -32,6 +32,23 @@ log = logging.getLogger("tritium.server")
 # The Triton release whose protocol Tritium speaks.
 TRITON_COMPATIBLE_VERSION = "2.51.0"
 
+# Every extension Triton 2.51 lists, in its order; /v2 lists ours in the same order.
+TRITON_EXTENSION_ORDER = [
+    "classification",
+    "sequence",
+    "model_repository",
+    "model_repository(unload_dependents)",
+    "schedule_policy",
+    "model_configuration",
+    "system_shared_memory",
+    "cuda_shared_memory",
+    "binary_tensor_data",
+    "parameters",
+    "statistics",
+    "trace",
+    "logging",
+]
+
 # Triton's extension names, only those Tritium implements. Frontends that implement more
 # (binary_tensor_data, shared memory ...) append theirs to `InferenceServer.extensions`.
 CORE_EXTENSIONS = [
@@ -108,7 +125,7 @@ class InferenceServer:
         return {
             "name": "triton",
             "version": TRITON_COMPATIBLE_VERSION,
-            "extensions": list(self.extensions),
+            "extensions": sorted(self.extensions, key=_extension_rank),
         }
 
     def get_model(self, name: str, version: int = -1) -> ModelHandle:
@@ -263,3 +280,11 @@ class InferenceServer:
         """Until no request is queued or executing anywhere (tests, graceful stop)."""
         while any(m.pending_count for m in self.registry.loaded_models()):
             await asyncio.sleep(0.005)
+
+
+def _extension_rank(name: str) -> int:
+    """Triton's position of an extension; names Triton does not know go last."""
+    try:
+        return TRITON_EXTENSION_ORDER.index(name)
+    except ValueError:
+        return len(TRITON_EXTENSION_ORDER)

@@ -31,6 +31,23 @@ class TritonError(Exception):
         return f"TritonError({self.message!r}, {self.code.name})"
 
 
+# Triton's Status::CodeString, the prefix of a failed version's reason ("Internal: ...").
+_CODE_STRINGS = {
+    ErrorCode.UNKNOWN: "Unknown",
+    ErrorCode.INTERNAL: "Internal",
+    ErrorCode.NOT_FOUND: "Not found",
+    ErrorCode.INVALID_ARG: "Invalid argument",
+    ErrorCode.UNAVAILABLE: "Unavailable",
+    ErrorCode.UNSUPPORTED: "Unsupported",
+    ErrorCode.ALREADY_EXISTS: "Already exists",
+    ErrorCode.CANCELLED: "Cancelled",
+}
+
+
+def code_string(code: ErrorCode) -> str:
+    return _CODE_STRINGS[code]
+
+
 def invalid_arg(message: str) -> TritonError:
     return TritonError(message, ErrorCode.INVALID_ARG)
 

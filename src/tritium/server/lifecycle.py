@@ -24,7 +24,7 @@ from tritium.repository.repository import ModelRepository, ModelSource, ScanResu
 from tritium.repository.version_policy import select_versions
 from tritium.server.backend import BackendContext, ModelConfig, ServerHandle
 from tritium.server.backends import get_factory, supports_gpu
-from tritium.server.errors import TritonError, internal, invalid_arg
+from tritium.server.errors import TritonError, code_string, internal, invalid_arg
 from tritium.server.model import Model
 from tritium.server.options import ServerOptions
 from tritium.server.registry import ModelRecord, ModelRegistry, ModelState, VersionRecord
@@ -72,8 +72,11 @@ class ModelLifecycle:
             try:
                 await self.load(name, scan=scan)
             except TritonError as exc:
-                failures[name] = exc.message
-                log.error("%s", exc.message)
+                # A poll failure's client message hides its reason; startup shows it.
+                rec = self.registry.records.get(name)
+                detail = rec.error if rec is not None and not rec.versions else ""
+                failures[name] = f"failed to load '{name}', {detail}" if detail else exc.message
+                log.error("%s", failures[name])
 
         await asyncio.gather(*(one(n) for n in names))
         if mode == "poll":
@@ -134,6 +137,10 @@ class ModelLifecycle:
         """Load (or reload) every version the policy selects. Raises TritonError with
         Triton's message when any version fails; a version that was READY keeps serving."""
         scan = scan if scan is not None else self.scan()
+        if files and not config_json:
+            # Triton needs the `config` parameter with file overrides; without it the load
+            # fails as if the model were not in the repository.
+            raise internal(f"failed to load '{name}', failed to poll from model repository")
         if files:
             source, temp_dir = self._write_files(name, files), True
         elif name in scan.errors:
@@ -150,18 +157,30 @@ class ModelLifecycle:
             rec.dir_fingerprint = _fingerprint(source.model_dir)
             try:
                 config = await self._complete_config(name, source, config_json)
-                versions = select_versions(config, list(source.versions))
-                if not versions:
-                    raise invalid_arg(
-                        f"at least one version must be available under the version policy "
-                        f"of model '{name}'"
-                    )
             except TritonError as exc:
-                if not rec.ready_versions():
-                    rec.error = exc.message
+                # Triton reads, completes and validates the config while polling the
+                # repository; any failure there fails the poll, its reason only logged.
                 if temp_dir:
                     _rmtree(source.model_dir)
-                raise TritonError(f"failed to load '{name}', {exc.message}", exc.code) from exc
+                log.error("Poll failed for model directory '%s': %s", name, exc.message)
+                if not rec.ready_versions():
+                    rec.error = exc.message
+                raise internal(
+                    f"failed to load '{name}', failed to poll from model repository"
+                ) from exc
+            versions = select_versions(config, list(source.versions))
+            if not versions:
+                if temp_dir:
+                    _rmtree(source.model_dir)
+                message = (
+                    f"at least one version must be available under the version policy of "
+                    f"model '{name}'"
+                )
+                log.error("failed to load model '%s': %s", name, message)
+                if not rec.ready_versions():
+                    rec.error, rec.listed = message, False  # Triton drops it from the index
+                raise invalid_arg(f"load failed for model '{name}': {message}\n")
+            rec.listed = True
             rec.error = ""
             override = bool(config_json or files)
             extra = hashlib.blake2b((config_json or "").encode(), digest_size=8).hexdigest()
@@ -182,10 +201,10 @@ class ModelLifecycle:
                 _rmtree(source.model_dir)
             if errors:
                 detail = "".join(
-                    f"version {v} is at UNAVAILABLE state: {msg};"
+                    f"version {v} is at UNAVAILABLE state: {msg};\n"
                     for v, msg in sorted(errors.items())
                 )
-                raise internal(f"load failed for model '{name}': {detail}")
+                raise invalid_arg(f"load failed for model '{name}': {detail}")
 
     async def _load_versions(
         self,
@@ -209,9 +228,9 @@ class ModelLifecycle:
             try:
                 model = await self._create(config, v, source, rec)
             except TritonError as exc:
-                errors[v] = exc.message
+                errors[v] = reason = f"{code_string(exc.code)}: {exc.message}"
                 if vr.state != ModelState.READY:  # a failed reload keeps the old one serving
-                    vr.state, vr.reason = ModelState.UNAVAILABLE, exc.message
+                    vr.state, vr.reason = ModelState.UNAVAILABLE, reason
                 return
             old = vr.model
             vr.model, vr.state, vr.reason, vr.fingerprint = model, ModelState.READY, "", fp
@@ -239,8 +258,13 @@ class ModelLifecycle:
             raise invalid_arg(
                 f"unexpected platform type '' for {name}: set 'backend' in config.pbtxt"
             )
-        factory = get_factory(backend_name)
-        if not self.options.strict_model_config:
+        try:
+            factory = get_factory(backend_name)
+        except TritonError:
+            # Triton finds the backend library when it creates a version: a missing one
+            # fails each version (the config itself is fine), so defer the error.
+            factory = None
+        if factory is not None and not self.options.strict_model_config:
             latest = source.versions[max(source.versions)] if source.versions else source.model_dir
             try:
                 config = await factory.auto_complete(config, source.model_dir, latest)
@@ -250,9 +274,8 @@ class ModelLifecycle:
                 raise internal(f"auto-complete failed: {type(exc).__name__}: {exc}") from exc
         if self._gpu_ids is None:
             self._gpu_ids = gpu_ids()
-        fill_defaults(
-            config, name, gpu_ids=self._gpu_ids, backend_supports_gpu=supports_gpu(factory)
-        )
+        gpu_ok = supports_gpu(factory) if factory is not None else True
+        fill_defaults(config, name, gpu_ids=self._gpu_ids, backend_supports_gpu=gpu_ok)
         validate_config(config, name)
         return config
 
@@ -284,11 +307,12 @@ class ModelLifecycle:
         return model
 
     def _on_failure(self, rec: ModelRecord, version: int, holder: list[Model], reason: str) -> None:
-        """A backend lost an instance: that version is no longer servable."""
+        """A backend lost an instance. Triton (2.51) keeps such a model READY (and the
+        server ready): the backend fails each request sent to the dead instance ("Stub
+        process 'm_0_0' is not healthy."). We do the same, and log it once here."""
         vr = rec.versions.get(version)
         if vr is not None and holder and vr.model is holder[0]:
-            vr.state, vr.reason = ModelState.UNAVAILABLE, reason
-            log.error("model '%s' version %d is unavailable: %s", rec.name, version, reason)
+            log.error("model '%s' version %d lost an instance: %s", rec.name, version, reason)
 
     def _retire(self, model: Model) -> None:
         """Unload a swapped-out model in the background once its requests are done."""
@@ -300,9 +324,7 @@ class ModelLifecycle:
     async def unload(self, name: str, drain_timeout_s: float | None = None) -> None:
         rec = self.registry.records.get(name)
         if rec is None:
-            if name in self.last_scan.names() or name in self.scan().names():
-                return
-            raise invalid_arg(f"failed to unload '{name}', model is not found")
+            return  # Triton answers success for a model it never loaded, known or not
         async with rec.lock:
             rec.error = ""
             await asyncio.gather(

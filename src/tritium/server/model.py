@@ -95,10 +95,13 @@ class Model:
         self.stats.pending_count -= 1
         if not self._pending:
             self._idle.set()
+        if p.failure_reason == "BACKEND" and p.timings is not None and p.timings.success:
+            p.failure_reason = ""  # the model answered with an error: Triton counts a success
         if p.failure_reason:
             self._count_failure(p, p.failure_reason)
             return
         s, t = self.stats, p.timings or RequestTimings()
+        s.inference_count += p.batch_size  # Triton counts inferences of successes only
         s.success.add(time.monotonic_ns() - p.request.arrival_ns)
         s.queue.add(p.dispatched_ns - p.enqueue_ns + t.queue_ns)
         s.compute_input.add(t.compute_input_ns)
@@ -144,7 +147,6 @@ class Model:
         s = self.stats
         size = sum(p.batch_size for p in batch)
         s.execution_count += 1
-        s.inference_count += size
         s.last_inference_ms = time.time_ns() // 1_000_000
         b = s.batch_stats.setdefault(size, BatchStats(size))
         b.compute_input.add(max(t.compute_input_ns for t in timings))

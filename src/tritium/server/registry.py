@@ -44,6 +44,7 @@ class ModelRecord:
     dir_fingerprint: str = ""  # the whole folder at the last load attempt (poll mode)
     override: bool = False  # loaded from a request's config/files: the poller leaves it
     temp_dir: Path | None = None  # where a load request's files were written
+    listed: bool = True  # in the repository index (Triton drops a model with no versions)
     stats: dict[int, ModelStatistics] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -78,7 +79,7 @@ class ModelRegistry:
         if version < 0:
             ready = rec.ready_versions()
             if not ready:
-                raise unavailable(f"Request for unknown model: '{name}' has no available versions")
+                raise not_found(f"Request for unknown model: '{name}' has no available versions")
             model = rec.versions[ready[-1]].model
         else:
             vr = rec.versions.get(version)
@@ -121,17 +122,17 @@ class ModelRegistry:
         ]
 
     def index(self, repository_names: list[str], ready_only: bool) -> list[dict[str, Any]]:
-        """Triton's repository index: never-loaded models show only their name."""
+        """Triton's repository index: the models of the repositories (not those loaded from
+        a request's files elsewhere); a model with no version record (never loaded, or its
+        config failed) shows only its name."""
         out: list[dict[str, Any]] = []
-        for name in sorted(set(repository_names) | set(self.records)):
+        for name in sorted(set(repository_names)):
             rec = self.records.get(name)
-            if rec is None or (not rec.versions and not rec.error):
-                if not ready_only and (rec is not None or name in repository_names):
-                    out.append({"name": name})
+            if rec is not None and not rec.listed:
                 continue
-            if not rec.versions:
+            if rec is None or not rec.versions:
                 if not ready_only:
-                    out.append({"name": name, "state": "UNAVAILABLE", "reason": rec.error})
+                    out.append({"name": name})
                 continue
             for v in sorted(rec.versions):
                 vr = rec.versions[v]

@@ -25,6 +25,7 @@ TRACE_DEFAULTS: dict[str, Any] = {
     "trace_rate": "1000",
     "trace_count": "-1",
     "log_frequency": "0",
+    "trace_mode": "triton",  # Triton's own trace format (the only one Tritium writes)
 }
 _TRACE_LEVELS = ("OFF", "TIMESTAMPS", "TENSORS")
 
@@ -125,6 +126,10 @@ def _check_trace(key: str, value: Any) -> Any:
                 f"invalid trace_level {value!r}, expected values from {list(_TRACE_LEVELS)}"
             )
         return list(levels)
+    if key == "trace_mode":
+        if value != "triton":
+            raise invalid_arg(f"trace_mode '{value}' is not supported, only 'triton' is")
+        return value
     if key == "trace_file":
         if not isinstance(value, str):
             raise invalid_arg("expect string for 'trace_file'")

@@ -37,8 +37,8 @@ class ModelStatistics:
     name: str
     version: int
     last_inference_ms: int = 0
-    inference_count: int = 0  # requests (batch elements) executed
-    execution_count: int = 0  # batches executed
+    inference_count: int = 0  # batch elements of the requests that succeeded
+    execution_count: int = 0  # batches executed, whether their requests succeeded or not
     success: Duration = field(default_factory=Duration)  # duration = request end to end
     fail: Duration = field(default_factory=Duration)
     failure_reasons: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # REJECTED, CANCELED, BACKEND, OTHER

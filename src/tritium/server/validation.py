@@ -7,6 +7,7 @@ from tritonclient.grpc import model_config_pb2
 
 from tritium.server.backend import ModelConfig
 from tritium.server.errors import invalid_arg
+from tritium.server.input_order import triton_input_order
 from tritium.server.types import InferenceRequest, Tensor, config_to_wire_dtype
 
 _IMPLICIT_BATCH_NOTE = (
@@ -37,7 +38,9 @@ def validate_request(config: ModelConfig, request: InferenceRequest) -> int:
     model = config.name
     prefix = f"[request id: {request.log_id}] "
     required = [i for i in config.input if not i.optional]
-    given = list(request.inputs)
+    # Walk the inputs in the order Triton's std::unordered_map does, so that messages name
+    # the same input and list them the same way.
+    given = triton_input_order(list(request.inputs))
     if len(given) > len(config.input) or len(given) < len(required):
         missing = "[" + "".join(f"'{i.name}'," for i in required if i.name not in request.inputs)
         missing = missing[:-1] + "]"  # Triton drops the last character, '[' when none
@@ -70,7 +73,8 @@ def validate_request(config: ModelConfig, request: InferenceRequest) -> int:
     batching = config.max_batch_size > 0
     if batching:
         batch_size = 0
-        for name, tensor in request.inputs.items():
+        for name in given:
+            tensor = request.inputs[name]
             if not tensor.shape:
                 raise invalid_arg(
                     f"{prefix}input '{name}' has no shape but model requires batch dimension "
@@ -87,7 +91,8 @@ def validate_request(config: ModelConfig, request: InferenceRequest) -> int:
                 f"{prefix}inference request batch-size must be <= {config.max_batch_size} "
                 f"for '{model}'"
             )
-    for name, tensor in request.inputs.items():
+    for name in given:
+        tensor = request.inputs[name]
         spec = by_name[name]
         want = _wire(spec.data_type)
         if tensor.datatype != want:
