@@ -20,6 +20,12 @@ RAPIDJSON = (
     "buffer: Missing a name for object member. at 1' (GetParseError_En + ' at ' + offset)"
 )
 
+# The gRPC cases run after the HTTP cases killed crasher's stub on the same server.
+CRASHED_UNAVAILABLE = (
+    "deliberate (issue 2): crasher's stub died during the HTTP cases, so it is UNAVAILABLE "
+    "(and the server not ready under strict readiness); Triton 2.51 keeps it READY"
+)
+
 KNOWN: dict[str, str] = {
     # -- HTTP frontend: JSON parsing and its messages ---------------------------------------
     "http/infer_bad_json": RAPIDJSON,
@@ -146,6 +152,22 @@ KNOWN: dict[str, str] = {
         f"{PYBACKEND}: later requests get the same 500 \"Stub process 'crasher_0_0' is not "
         'healthy." in Triton (the model stays READY, the stub is not restarted)'
     ),
+    # -- deliberate: the issue asks a crashed model to go UNAVAILABLE with its reason -----
+    "http/model_ready_crasher_after": (
+        "deliberate (issue 2): a model whose stub died is UNAVAILABLE with the reason, so "
+        "/ready is 400; Triton 2.51 keeps it READY and fails every request"
+    ),
+    "http/ready_after_crash": (
+        "deliberate (issue 2): strict readiness counts the crashed model, so the server is "
+        "not ready; Triton 2.51 stays ready"
+    ),
+    "grpc/ServerReady": CRASHED_UNAVAILABLE,
+    "grpc/Health": CRASHED_UNAVAILABLE,
+    "grpc/ModelMetadata_crasher": CRASHED_UNAVAILABLE,
+    "grpc/ModelConfig_crasher": CRASHED_UNAVAILABLE,
+    "grpc/ModelReady_crasher": CRASHED_UNAVAILABLE,
+    "grpc/RepositoryIndex": CRASHED_UNAVAILABLE,
+    "grpc/RepositoryIndex_ready": CRASHED_UNAVAILABLE,
     # -- the example model ------------------------------------------------------------------
     "http/infer_async_model": (
         f"{EXAMPLES}: async_model keeps only the Metric, not its MetricFamily; in Triton the "

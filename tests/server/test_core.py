@@ -269,14 +269,20 @@ async def test_settings(repo, make_server):
         server.update_trace_settings({"nope": "1"})
 
 
-async def test_backend_failure_keeps_model_ready_as_triton_does(repo, make_server, factory):
-    """Triton 2.51 keeps a model whose stub died READY (tests/conformance records it)."""
+async def test_backend_failure_marks_model_unavailable(repo, make_server, factory):
+    """A model whose stub died is UNAVAILABLE with the reason; others keep serving."""
     write_model(repo, "add_sub", ADD_SUB)
     write_model(repo, "identity", IDENTITY)
     server = await make_server()
     [backend] = [b for b in factory.backends if b.context.model_name == "identity"]
     backend.context.report_failure("stub process for instance identity_0_0 died")
-    assert server.model_ready("identity") and server.model_ready("add_sub")
-    assert server.is_ready()
+    assert not server.model_ready("identity")
+    assert server.model_ready("add_sub")
+    assert not server.is_ready()  # strict readiness
     [entry] = [e for e in server.repository_index() if e["name"] == "identity"]
-    assert entry == {"name": "identity", "version": "1", "state": "READY"}
+    assert entry == {
+        "name": "identity",
+        "version": "1",
+        "state": "UNAVAILABLE",
+        "reason": "stub process for instance identity_0_0 died",
+    }

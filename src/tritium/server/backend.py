@@ -4,9 +4,8 @@ A `Backend` is one loaded model version. The core's scheduler forms batches and 
 `execute(instance, requests)` on a free instance; the backend delivers responses with
 `request.send(...)` (any number for a decoupled model, the last one final=True) and
 returns per-request timings for statistics. A backend that loses an instance (a stub
-process died) calls `context.report_failure(reason)`; as in Triton the model stays READY
-(the backend fails the requests sent to the dead instance) and every other model keeps
-serving.
+process died) calls `context.report_failure(reason)`: the registry marks that version
+UNAVAILABLE with the reason while every other model keeps serving.
 """
 
 from __future__ import annotations

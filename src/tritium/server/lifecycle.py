@@ -307,12 +307,14 @@ class ModelLifecycle:
         return model
 
     def _on_failure(self, rec: ModelRecord, version: int, holder: list[Model], reason: str) -> None:
-        """A backend lost an instance. Triton (2.51) keeps such a model READY (and the
-        server ready): the backend fails each request sent to the dead instance ("Stub
-        process 'm_0_0' is not healthy."). We do the same, and log it once here."""
+        """A backend lost an instance (a stub process died): that version is no longer
+        servable. The issue asks for UNAVAILABLE with the reason, where Triton 2.51 keeps
+        the model READY and fails every later request; an honest state lets strict
+        readiness and the repository index tell operators what broke."""
         vr = rec.versions.get(version)
         if vr is not None and holder and vr.model is holder[0]:
-            log.error("model '%s' version %d lost an instance: %s", rec.name, version, reason)
+            vr.state, vr.reason = ModelState.UNAVAILABLE, reason
+            log.error("model '%s' version %d is unavailable: %s", rec.name, version, reason)
 
     def _retire(self, model: Model) -> None:
         """Unload a swapped-out model in the background once its requests are done."""
