@@ -173,8 +173,11 @@ async def run_server(
 def serve(options: ServerOptions) -> int:
     """Entry point of `tritium serve`; returns the process exit code."""
     configure_logging(options)
+    from tritium.frontends.openai import openai_routes  # the OpenAI API on the HTTP port
+
+    routes = openai_routes()
     try:
         import uvloop
     except ImportError:  # uvloop is optional (e.g. Windows)
-        return asyncio.run(run_server(options))
-    return uvloop.run(run_server(options))
+        return asyncio.run(run_server(options, routes))
+    return uvloop.run(run_server(options, routes))

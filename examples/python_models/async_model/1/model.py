@@ -14,16 +14,22 @@ class TritonPythonModel:
     def initialize(self, args):
         self.logger = pb_utils.Logger
         labels = {"model": args["model_name"], "version": args["model_version"]}
-        self.request_counter = pb_utils.MetricFamily(
+        # Keep the families on self: a Metric does not keep its MetricFamily alive, and
+        # once the family is garbage-collected every operation on its metrics raises.
+        self.request_family = pb_utils.MetricFamily(
             name="async_model_requests",
             description="Requests processed by async_model",
             kind=pb_utils.MetricFamily.COUNTER,
-        ).Metric(labels=labels)
-        self.element_histogram = pb_utils.MetricFamily(
+        )
+        self.request_counter = self.request_family.Metric(labels=labels)
+        self.element_family = pb_utils.MetricFamily(
             name="async_model_request_elements",
             description="Elements per request",
             kind=pb_utils.MetricFamily.HISTOGRAM,
-        ).Metric(labels=labels, buckets=[1, 10, 100, 1000])
+        )
+        self.element_histogram = self.element_family.Metric(
+            labels=labels, buckets=[1, 10, 100, 1000]
+        )
         self.logger.log_info(f"initialized {args['model_instance_name']}")
 
     async def execute(self, requests):
