@@ -60,23 +60,29 @@ class EngineArgs:
     device: str = "auto"  # auto | cpu | cuda
     kv_cache_memory_bytes: int | None = None  # CPU pool size; default min(2 GiB, 10% RAM)
     num_gpu_blocks_override: int | None = None  # tests: force a tiny pool
-    load_format: str = "auto"  # auto | dummy
+    load_format: str = "auto"  # auto | safetensors | pt | gguf | dummy
     trust_remote_code: bool = False  # accepted for vLLM compatibility, ignored
     disable_log_stats: bool = True
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", *_DTYPES):
-            raise ValueError(f"dtype must be one of auto, bfloat16, float16, float32; got {self.dtype!r}")
+            raise ValueError(
+                f"dtype must be one of auto, bfloat16, float16, float32; got {self.dtype!r}"
+            )
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda; got {self.device!r}")
-        if self.load_format not in ("auto", "dummy"):
-            raise ValueError(f"load_format must be auto or dummy; got {self.load_format!r}")
+        if self.load_format not in ("auto", "safetensors", "pt", "gguf", "dummy"):
+            raise ValueError(
+                f"load_format must be auto, safetensors, pt, gguf or dummy; got {self.load_format!r}"
+            )
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size must be a power of two; got {self.block_size}")
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1; got {self.max_num_seqs}")
         if self.max_num_batched_tokens < 1:
-            raise ValueError(f"max_num_batched_tokens must be >= 1; got {self.max_num_batched_tokens}")
+            raise ValueError(
+                f"max_num_batched_tokens must be >= 1; got {self.max_num_batched_tokens}"
+            )
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(
                 f"gpu_memory_utilization must be in (0, 1]; got {self.gpu_memory_utilization}"

@@ -1,0 +1,138 @@
+"""EngineCore: the schedule -> execute -> update loop. Owns the scheduler and the model
+runner; knows nothing of text. Runs in the caller's process or its own (core_client)."""
+
+from __future__ import annotations
+
+import torch
+
+from tritium.engine.block_manager import BlockManager
+from tritium.engine.config import EngineArgs
+from tritium.engine.loader import Checkpoint, load_checkpoint
+from tritium.engine.messages import (
+    EngineCoreInfo,
+    EngineCoreOutput,
+    EngineCoreOutputs,
+    EngineCoreRequest,
+    SchedulerStats,
+)
+from tritium.engine.model_runner import ModelRunner
+from tritium.engine.scheduler import Scheduler
+from tritium.engine.sequence import Sequence
+
+DEFAULT_MAX_MODEL_LEN = 8192  # cap when the config allows more and none is asked for
+
+
+def load_engine_checkpoint(args: EngineArgs, progress: bool = True) -> Checkpoint:
+    """The loader call both sides of the engine make (the frontend for its tokenizer)."""
+    return load_checkpoint(
+        args.model,
+        revision=args.revision,
+        load_format=args.load_format,
+        dtype=args.resolved_dtype(),
+        progress=progress,
+        tokenizer=args.tokenizer,
+        seed=args.seed,
+    )
+
+
+class EngineCore:
+    """One model's engine: add requests, step, read outputs."""
+
+    def __init__(self, args: EngineArgs, ckpt: Checkpoint | None = None) -> None:
+        ckpt = ckpt or load_engine_checkpoint(args)
+        cfg = ckpt.hf_config
+        max_len = args.max_model_len or min(
+            getattr(cfg, "max_position_embeddings", DEFAULT_MAX_MODEL_LEN), DEFAULT_MAX_MODEL_LEN
+        )
+        self.runner = ModelRunner(args, cfg, ckpt.weights(), max_len)
+        # One sequence must always fit in the pool, or it would preempt itself forever.
+        self.max_model_len = min(max_len, self.runner.num_blocks * args.block_size)
+        self.block_manager = BlockManager(
+            self.runner.num_blocks, args.block_size, args.enable_prefix_caching
+        )
+        self.scheduler = Scheduler(
+            self.block_manager, args.max_num_seqs, args.max_num_batched_tokens, self.max_model_len
+        )
+        self.eos_token_ids = list(ckpt.eos_token_ids)
+        self.info = EngineCoreInfo(
+            max_model_len=self.max_model_len,
+            num_blocks=self.runner.num_blocks,
+            block_size=args.block_size,
+            vocab_size=cfg.vocab_size,
+            eos_token_ids=self.eos_token_ids,
+        )
+        self._arrivals = 0
+        self.stats = SchedulerStats(num_blocks=self.runner.num_blocks)
+
+    def add_request(self, req: EngineCoreRequest) -> None:
+        validate_prompt(req.prompt_token_ids, self.info)
+        params = req.sampling_params
+        params.all_stop_token_ids = self.eos_token_ids
+        self._arrivals += 1
+        seq = Sequence(req.request_id, req.prompt_token_ids, params, self._arrivals, req.priority)
+        if params.seed is not None:
+            seq.generator = torch.Generator(self.runner.device).manual_seed(params.seed % 2**64)
+        self.scheduler.add(seq)
+
+    def abort_requests(self, request_ids: list[str]) -> None:
+        for rid in request_ids:
+            self.scheduler.abort(rid)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def step(self) -> EngineCoreOutputs:
+        """Schedule one batch, run it, and report every request that got a token."""
+        sched = self.scheduler.schedule()
+        if not sched.seqs:
+            return EngineCoreOutputs(outputs=[], stats=self.get_stats())
+        prompt_tokens = sum(
+            min(n, max(s.num_prompt_tokens - s.num_computed_tokens, 0))
+            for s, n in zip(sched.seqs, sched.num_new_tokens, strict=True)
+        )
+        result = self.runner.execute(sched)
+        updates = self.scheduler.update(sched, result.token_ids)
+        lp_of = {id(s): lp for s, lp in zip(result.seqs, result.logprobs, strict=True)}
+        outputs = []
+        for u in updates:
+            seq = u.seq
+            lp = lp_of.get(id(seq))
+            outputs.append(
+                EngineCoreOutput(
+                    request_id=seq.request_id,
+                    new_token_ids=[u.new_token_id],
+                    new_logprobs=[lp] if lp is not None else None,
+                    finish_reason=seq.finish_reason if u.finished else None,
+                    stop_reason=seq.stop_reason if u.finished else None,
+                )
+            )
+        st = self.stats
+        st.num_steps += 1
+        st.prompt_tokens += prompt_tokens
+        st.generation_tokens += len(updates)
+        return EngineCoreOutputs(outputs=outputs, stats=self.get_stats())
+
+    def get_stats(self) -> SchedulerStats:
+        st, bm, sc = self.stats, self.block_manager, self.scheduler
+        st.num_running_reqs = len(sc.running)
+        st.num_waiting_reqs = len(sc.waiting)
+        st.kv_cache_usage = bm.usage
+        st.prefix_cache_queries = bm.prefix_cache_queries
+        st.prefix_cache_hits = bm.prefix_cache_hits
+        st.num_preemptions = sc.num_preemptions
+        return SchedulerStats(**{f: getattr(st, f) for f in st.__struct_fields__})
+
+
+def validate_prompt(prompt_token_ids: list[int], info: EngineCoreInfo) -> None:
+    """ValueError for a prompt the engine cannot serve."""
+    n = len(prompt_token_ids)
+    if n == 0:
+        raise ValueError("the prompt is empty")
+    if n >= info.max_model_len:
+        raise ValueError(
+            f"the prompt has {n} tokens, but max_model_len is {info.max_model_len} "
+            "(room is needed for at least one generated token)"
+        )
+    bad = [t for t in prompt_token_ids if not 0 <= t < info.vocab_size]
+    if bad:
+        raise ValueError(f"token ids out of the vocabulary (size {info.vocab_size}): {bad[:5]}")

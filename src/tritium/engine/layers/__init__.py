@@ -1,0 +1,1 @@
+"""Building blocks of the engine's models: each a small nn.Module or function."""

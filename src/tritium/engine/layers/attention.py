@@ -1,0 +1,118 @@
+"""Attention over the paged KV cache, behind one small interface.
+
+The model runner builds an `AttentionMetadata` once per step; each layer's `Attention`
+writes the step's keys and values into its cache blocks, then attends. The batch holds
+single-token queries first (decodes, batched as one SDPA call over gathered blocks), then
+multi-token queries (prompt chunks, one SDPA call each). A CUDA paged-decode kernel or
+FlexAttention plugs in by replacing `decode_attention` / `prefill_attention`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class PrefillChunk:
+    """A multi-token query: tokens [start, end) of the batch, after `context_len` tokens
+    already in the cache. `kv_slots`/`mask` are set only when context_len > 0."""
+
+    start: int
+    end: int
+    context_len: int
+    kv_slots: torch.Tensor | None = None  # [context_len + n] flat cache slots
+    mask: torch.Tensor | None = None  # [n, context_len + n] bool, True = attend
+
+
+@dataclass
+class AttentionMetadata:
+    """Everything attention needs about one step's batch, built once per step."""
+
+    slot_mapping: torch.Tensor  # [num_tokens] flat cache slot for each new token
+    num_decodes: int = 0  # the first num_decodes tokens are single-token queries
+    block_tables: torch.Tensor | None = None  # [num_decodes, max_blocks]
+    decode_mask: torch.Tensor | None = None  # [num_decodes, 1, 1, max_blocks * block_size]
+    prefills: list[PrefillChunk] = field(default_factory=list)
+
+
+class Attention(nn.Module):
+    """Paged attention for one layer; `k_cache`/`v_cache` are [num_blocks, block_size,
+    num_kv_heads, head_dim] views into the runner's pool, set after allocation."""
+
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.scale = scale
+        self.k_cache = torch.empty(0)
+        self.v_cache = torch.empty(0)
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata
+    ) -> torch.Tensor:
+        """q: [T, H, D], k/v: [T, KVH, D] -> [T, H * D]."""
+        if getattr(meta, "paged_triton", False):  # CUDA: Triton kernels over the pool
+            from tritium.engine.layers.paged_attention_triton import paged_attention_forward
+
+            return paged_attention_forward(self, q, k, v, meta)  # type: ignore[arg-type]
+        kc = self.k_cache.view(-1, self.num_kv_heads, self.head_dim)
+        vc = self.v_cache.view(-1, self.num_kv_heads, self.head_dim)
+        kc.index_copy_(0, meta.slot_mapping, k)
+        vc.index_copy_(0, meta.slot_mapping, v)
+        nd = meta.num_decodes
+        if not meta.prefills:
+            return self.decode_attention(q, meta).reshape(q.shape[0], -1)
+        out = torch.empty_like(q)
+        if nd:
+            out[:nd] = self.decode_attention(q[:nd], meta)
+        for chunk in meta.prefills:
+            out[chunk.start : chunk.end] = self.prefill_attention(q, k, v, kc, vc, chunk)
+        return out.view(q.shape[0], -1)
+
+    def decode_attention(self, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """One query token per sequence against its gathered cache blocks."""
+        assert meta.block_tables is not None
+        b = q.shape[0]
+        k = self.k_cache[meta.block_tables].view(b, -1, self.num_kv_heads, self.head_dim)
+        v = self.v_cache[meta.block_tables].view(b, -1, self.num_kv_heads, self.head_dim)
+        o = F.scaled_dot_product_attention(
+            q.unsqueeze(2),  # [B, H, 1, D]
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            attn_mask=meta.decode_mask,
+            scale=self.scale,
+            enable_gqa=True,
+        )
+        return o.squeeze(2)
+
+    def prefill_attention(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        kc: torch.Tensor,
+        vc: torch.Tensor,
+        chunk: PrefillChunk,
+    ) -> torch.Tensor:
+        """A prompt chunk: causal over itself, plus everything before it in the cache."""
+        s, e = chunk.start, chunk.end
+        qs = q[s:e].transpose(0, 1).unsqueeze(0)  # [1, H, n, D]
+        if chunk.context_len == 0:
+            ks, vs, mask, causal = k[s:e], v[s:e], None, True
+        else:
+            ks, vs, mask, causal = kc[chunk.kv_slots], vc[chunk.kv_slots], chunk.mask, False
+        o = F.scaled_dot_product_attention(
+            qs,
+            ks.transpose(0, 1).unsqueeze(0),
+            vs.transpose(0, 1).unsqueeze(0),
+            attn_mask=mask,
+            is_causal=causal,
+            scale=self.scale,
+            enable_gqa=True,
+        )
+        return o.squeeze(0).transpose(0, 1)  # [n, H, D]

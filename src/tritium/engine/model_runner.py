@@ -1,0 +1,215 @@
+"""ModelRunner: owns the model and the KV pool, turns a scheduled batch into tokens.
+
+One step = build the batch's inputs once (token ids, positions, cache slots, attention
+metadata, sampling metadata), one forward over all tokens of all sequences, logits only
+at the rows that sample, one sampler call.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from tritium.engine.config import EngineArgs, default_cpu_kv_bytes
+from tritium.engine.layers.attention import AttentionMetadata, PrefillChunk
+from tritium.engine.layers.sampler import Sampler, SamplingMetadata
+from tritium.engine.models import build_model
+from tritium.engine.scheduler import SchedulerOutput
+from tritium.engine.sequence import Sequence
+
+
+@dataclass
+class StepResult:
+    """Sampled tokens of the rows that sampled, in the scheduler's order."""
+
+    seqs: list[Sequence]
+    token_ids: list[int]
+    # Per sampled row: (token ids, logprobs, rank of the sampled token) or None.
+    logprobs: list[tuple[list[int], list[float], int] | None]
+
+
+class ModelRunner:
+    """Runs the model on one device with a paged KV cache of `num_blocks` blocks."""
+
+    def __init__(self, args: EngineArgs, hf_config, weights, max_model_len: int) -> None:
+        self.device = args.resolved_device()
+        self.dtype = args.resolved_dtype()
+        self.block_size = args.block_size
+        self.vocab_size = hf_config.vocab_size
+        self.max_model_len = max_model_len
+        if self.device.type == "cpu":
+            torch.set_num_threads(len(os.sched_getaffinity(0)))
+        torch.manual_seed(args.seed)
+        default_dtype = torch.get_default_dtype()
+        torch.set_default_dtype(self.dtype)
+        try:
+            with torch.device(self.device):
+                self.model = build_model(hf_config, max_model_len)
+        finally:
+            torch.set_default_dtype(default_dtype)
+        self.model.load_weights(weights)  # type: ignore[operator]
+        self.model.eval()
+        self.sampler = Sampler()
+        self.attn_layers = self.model.attention_layers  # type: ignore[union-attr]
+        first = self.attn_layers[0]
+        self.num_kv_heads, self.head_dim = first.num_kv_heads, first.head_dim
+        self.num_blocks = self._num_blocks(args)
+        self.kv_cache = torch.empty(
+            2, len(self.attn_layers), self.num_blocks, self.block_size, self.num_kv_heads,
+            self.head_dim, dtype=self.dtype, device=self.device,
+        )  # fmt: skip
+        for i, layer in enumerate(self.attn_layers):
+            layer.k_cache, layer.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
+        self.gpu = None  # CUDA: Triton paged attention + CUDA graphs (cuda_graphs.py)
+        if self.device.type == "cuda":
+            from tritium.engine.layers.paged_attention_triton import HAS_TRITON
+
+            if HAS_TRITON:
+                from tritium.engine.cuda_graphs import GpuExecutor
+
+                self.gpu = GpuExecutor(self, args.max_num_seqs, args.enforce_eager)
+
+    @property
+    def block_bytes(self) -> int:
+        """Bytes of one block across all layers, keys and values."""
+        elt = torch.empty(0, dtype=self.dtype).element_size()
+        return 2 * len(self.attn_layers) * self.block_size * self.num_kv_heads * self.head_dim * elt
+
+    def _num_blocks(self, args: EngineArgs) -> int:
+        if args.num_gpu_blocks_override is not None:
+            return args.num_gpu_blocks_override
+        if self.device.type == "cuda":
+            return self._profile_cuda_blocks(args)
+        by_memory = (args.kv_cache_memory_bytes or default_cpu_kv_bytes()) // self.block_bytes
+        # No more than every sequence at full length could use (small models, big budgets).
+        by_need = args.max_num_seqs * -(-self.max_model_len // self.block_size)
+        return max(1, min(by_memory, by_need))
+
+    def _profile_cuda_blocks(self, args: EngineArgs) -> int:
+        """vLLM's sizing: run the largest batch once without a cache to measure the peak,
+        then give the pool what is left of gpu_memory_utilization of the device."""
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        n = args.max_num_batched_tokens
+        with torch.inference_mode():
+            ids = torch.zeros(n, dtype=torch.long, device=self.device)
+            pos = torch.arange(n, device=self.device) % 1024
+            for layer in self.attn_layers:  # a throwaway one-block cache per layer
+                layer.k_cache = torch.empty(
+                    -(-n // self.block_size), self.block_size, self.num_kv_heads, self.head_dim,
+                    dtype=self.dtype, device=self.device,
+                )  # fmt: skip
+                layer.v_cache = torch.empty_like(layer.k_cache)
+            meta = AttentionMetadata(
+                slot_mapping=torch.arange(n, device=self.device), prefills=[PrefillChunk(0, n, 0)]
+            )
+            hidden = self.model(ids, pos, meta)
+            self.model.compute_logits(hidden[-min(n, args.max_num_seqs) :])  # type: ignore[operator]
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device)
+        for layer in self.attn_layers:
+            layer.k_cache = layer.v_cache = torch.empty(0)
+        free, total = torch.cuda.mem_get_info(self.device)
+        used_by_others = total - free - torch.cuda.memory_reserved(self.device)
+        budget = total * args.gpu_memory_utilization - peak - used_by_others
+        if budget < self.block_bytes:
+            raise RuntimeError(
+                f"no room for a KV cache: {peak / 2**30:.2f} GiB used by the model at peak, "
+                f"gpu_memory_utilization={args.gpu_memory_utilization} of {total / 2**30:.1f} GiB"
+            )
+        return int(budget // self.block_bytes)
+
+    @torch.inference_mode()
+    def execute(self, out: SchedulerOutput) -> StepResult:
+        if self.gpu is not None:
+            hidden, sample_rows, sample_seqs = self.gpu.forward(out)
+        else:
+            ids, positions, meta, sample_rows, sample_seqs = self._prepare(out)
+            hidden = self.model(ids, positions, meta)
+        if not sample_rows:
+            return StepResult([], [], [])
+        logits = self.model.compute_logits(hidden[sample_rows])  # type: ignore[operator]
+        md = SamplingMetadata.build(sample_seqs, self.vocab_size, self.device)
+        so = self.sampler(logits, md)
+        tokens = so.token_ids.tolist()
+        logprobs: list[tuple[list[int], list[float], int] | None] = [None] * len(tokens)
+        if so.logprobs is not None:
+            lp, lp_ids, ranks = (
+                so.logprobs.tolist(),
+                so.logprob_token_ids.tolist(),
+                so.ranks.tolist(),
+            )  # type: ignore[union-attr]
+            for i, seq in enumerate(sample_seqs):
+                k = seq.params.logprobs
+                if k is not None:
+                    logprobs[i] = (lp_ids[i][: k + 1], lp[i][: k + 1], ranks[i])
+        return StepResult(sample_seqs, tokens, logprobs)
+
+    def _prepare(self, out: SchedulerOutput):
+        """Flatten the batch: single-token queries first (batched decode attention), then
+        prompt chunks. Rows to sample are returned in the scheduler's order."""
+        bs = self.block_size
+        seqs, nums = out.seqs, out.num_new_tokens
+        order = sorted(range(len(seqs)), key=lambda i: nums[i] != 1)
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        tables: list[list[int]] = []
+        ctx_lens: list[int] = []
+        prefills: list[PrefillChunk] = []
+        last_row = [0] * len(seqs)
+        for i in order:
+            seq, n = seqs[i], nums[i]
+            start, end = seq.num_computed_tokens, seq.num_computed_tokens + nums[i]
+            row = len(ids)
+            ids += seq.token_ids[start:end]
+            positions += range(start, end)
+            bt = seq.block_table
+            slots += [bt[p // bs] * bs + p % bs for p in range(start, end)]
+            last_row[i] = row + n - 1
+            if n == 1:
+                tables.append(bt)
+                ctx_lens.append(end)
+            else:
+                prefills.append(self._prefill_chunk(row, n, start, bt))
+        dev = self.device
+        meta = AttentionMetadata(
+            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
+            num_decodes=len(tables),
+            prefills=prefills,
+        )
+        if tables:
+            width = max(len(t) for t in tables)
+            meta.block_tables = torch.tensor(
+                [t + [0] * (width - len(t)) for t in tables], dtype=torch.long, device=dev
+            )
+            ctx = torch.tensor(ctx_lens, device=dev)
+            meta.decode_mask = (torch.arange(width * bs, device=dev) < ctx.unsqueeze(1))[
+                :, None, None, :
+            ]
+        sample = [
+            i
+            for i in range(len(seqs))
+            if seqs[i].num_computed_tokens + nums[i] == seqs[i].num_tokens
+        ]
+        return (
+            torch.tensor(ids, dtype=torch.long, device=dev),
+            torch.tensor(positions, dtype=torch.long, device=dev),
+            meta,
+            [last_row[i] for i in sample],
+            [seqs[i] for i in sample],
+        )
+
+    def _prefill_chunk(self, row: int, n: int, start: int, bt: list[int]) -> PrefillChunk:
+        chunk = PrefillChunk(row, row + n, start)
+        if start:
+            end, bs, dev = start + n, self.block_size, self.device
+            blocks = torch.tensor(bt[: -(-end // bs)], dtype=torch.long, device=dev)
+            chunk.kv_slots = (blocks.unsqueeze(1) * bs + torch.arange(bs, device=dev)).flatten()[
+                :end
+            ]
+            q_pos = torch.arange(start, end, device=dev).unsqueeze(1)
+            chunk.mask = torch.arange(end, device=dev).unsqueeze(0) <= q_pos
+        return chunk

@@ -1,0 +1,205 @@
+"""The Llama family written for the engine: Llama 2/3, Mistral, Qwen2, Qwen3, SmolLM2.
+
+They differ only in small switches read from the config: attention bias (Qwen2), q/k
+RMSNorm (Qwen3), tied embeddings, head_dim, RoPE scaling. Projections are packed (one
+matmul for q/k/v and one for gate/up); `packed_modules_mapping` maps checkpoint names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tritium.engine.layers.attention import Attention, AttentionMetadata
+from tritium.engine.layers.norm import RMSNorm
+from tritium.engine.layers.rotary import RotaryEmbedding
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config, arch: str, max_positions: int) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_kv_heads * self.head_dim
+        bias = bool(getattr(config, "attention_bias", False))
+        qkv_bias = bias or arch == "Qwen2ForCausalLM"
+        o_bias = bias and arch != "Qwen2ForCausalLM"
+        self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=qkv_bias)
+        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=o_bias)
+        self.qk_norm = arch == "Qwen3ForCausalLM"
+        if self.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(config, self.head_dim, max_positions)
+        self.attn = Attention(self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim**-0.5)
+
+    def forward(
+        self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata
+    ) -> torch.Tensor:
+        t = x.shape[0]
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(t, self.num_heads, self.head_dim)
+        k = k.view(t, self.num_kv_heads, self.head_dim)
+        v = v.view(t, self.num_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q = self.q_norm(q)[0]
+            k = self.k_norm(k)[0]
+        q, k = self.rotary_emb(positions, q, k)
+        return self.o_proj(self.attn(q, k, v, meta))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, config) -> None:
+        super().__init__()
+        bias = bool(getattr(config, "mlp_bias", False))
+        self.intermediate_size = config.intermediate_size
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
+        if getattr(config, "hidden_act", "silu") != "silu":
+            raise ValueError(f"unsupported hidden_act {config.hidden_act!r} (only silu)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config, arch: str, max_positions: int) -> None:
+        super().__init__()
+        self.self_attn = LlamaAttention(config, arch, max_positions)
+        self.mlp = LlamaMLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(
+        self,
+        positions: torch.Tensor,
+        x: torch.Tensor,
+        residual: torch.Tensor | None,
+        meta: AttentionMetadata,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x, residual = self.input_layernorm(x, residual)
+        x = self.self_attn(positions, x, meta)
+        x, residual = self.post_attention_layernorm(x, residual)
+        return self.mlp(x), residual
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config, arch: str, max_positions: int) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(config, arch, max_positions) for _ in range(config.num_hidden_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
+    ) -> torch.Tensor:
+        x = self.embed_tokens(input_ids)
+        residual = None
+        for layer in self.layers:
+            x, residual = layer(positions, x, residual, meta)
+        return self.norm(x, residual)[0]
+
+
+class LlamaForCausalLM(nn.Module):
+    """A decoder-only Llama-family model over the paged KV cache."""
+
+    # checkpoint name -> (packed parameter, shard)
+    packed_modules_mapping = {
+        "q_proj": ("qkv_proj", "q"),
+        "k_proj": ("qkv_proj", "k"),
+        "v_proj": ("qkv_proj", "v"),
+        "gate_proj": ("gate_up_proj", 0),
+        "up_proj": ("gate_up_proj", 1),
+    }
+
+    def __init__(self, config, arch: str = "LlamaForCausalLM", max_positions: int = 4096) -> None:
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config, arch, max_positions)
+        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if self.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @property
+    def attention_layers(self) -> list[Attention]:
+        return [layer.self_attn.attn for layer in self.model.layers]  # type: ignore[union-attr]
+
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
+    ) -> torch.Tensor:
+        """Hidden states of every token: [T, hidden]."""
+        return self.model(input_ids, positions, meta)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy Hugging Face-named tensors into the packed parameters."""
+        params = dict(self.named_parameters(remove_duplicate=False))
+        loaded: set[str] = set()
+        for name, tensor in weights:
+            if "rotary_emb.inv_freq" in name:
+                continue
+            if name == "lm_head.weight" and self.tie_word_embeddings:
+                continue
+            target, shard = name, None
+            for ckpt_name, (packed, shard_id) in self.packed_modules_mapping.items():
+                if f".{ckpt_name}." in name:
+                    target, shard = name.replace(ckpt_name, packed), shard_id
+                    break
+            param = params.get(target)
+            if param is None:
+                raise ValueError(
+                    f"checkpoint tensor {name!r} has no place in {type(self).__name__}"
+                )
+            self._load_shard(param, tensor, target, shard)
+            loaded.add(target)
+        missing = {
+            n
+            for n in params
+            if n not in loaded and not (n == "lm_head.weight" and self.tie_word_embeddings)
+        }
+        if missing:
+            raise ValueError(f"checkpoint is missing tensors: {sorted(missing)[:8]}")
+
+    def _load_shard(
+        self, param: nn.Parameter, tensor: torch.Tensor, name: str, shard: str | int | None
+    ) -> None:
+        data = param.data
+        if shard is None:
+            if data.shape != tensor.shape:
+                raise ValueError(
+                    f"{name}: checkpoint shape {tuple(tensor.shape)} != {tuple(data.shape)}"
+                )
+            data.copy_(tensor)
+            return
+        if name.endswith(("qkv_proj.weight", "qkv_proj.bias")):
+            attn = self._attn_of(name)
+            offsets = {
+                "q": (0, attn.q_size),
+                "k": (attn.q_size, attn.kv_size),
+                "v": (attn.q_size + attn.kv_size, attn.kv_size),
+            }
+            start, size = offsets[shard]  # type: ignore[index]
+        else:
+            size = data.shape[0] // 2
+            start = int(shard) * size  # type: ignore[arg-type]
+        target = data.narrow(0, start, size)
+        if target.shape != tensor.shape:
+            raise ValueError(
+                f"{name}[{shard}]: checkpoint shape {tuple(tensor.shape)} != {tuple(target.shape)}"
+            )
+        target.copy_(tensor)
+
+    def _attn_of(self, param_name: str) -> LlamaAttention:
+        index = int(param_name.split(".")[2])  # model.layers.<i>.self_attn.qkv_proj.weight
+        return self.model.layers[index].self_attn  # type: ignore[return-value]

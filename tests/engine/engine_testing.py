@@ -1,0 +1,54 @@
+"""Helpers shared by the engine tests (tiny model configs, pool checks)."""
+
+from __future__ import annotations
+
+from tritium.engine import LLM
+
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+)
+
+
+def tiny_config(family: str, vocab_size: int):
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+
+    if family == "llama":
+        return LlamaConfig(vocab_size=vocab_size, tie_word_embeddings=True, **TINY)
+    if family == "llama3":
+        return LlamaConfig(
+            vocab_size=vocab_size,
+            rope_theta=500000.0,
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 128,
+            },
+            **TINY,
+        )
+    if family == "mistral":
+        return MistralConfig(vocab_size=vocab_size, sliding_window=None, **TINY)
+    if family == "qwen2":
+        return Qwen2Config(vocab_size=vocab_size, tie_word_embeddings=True, **TINY)
+    if family == "qwen3":
+        return Qwen3Config(vocab_size=vocab_size, head_dim=32, **TINY)
+    raise ValueError(family)
+
+
+FAMILIES = ["llama", "llama3", "mistral", "qwen2", "qwen3"]
+
+
+def assert_pool_free(llm: LLM) -> None:
+    """Every block is back in the free queue and no request is left anywhere."""
+    core = llm.engine_core
+    bm = core.block_manager
+    assert not core.scheduler.requests
+    assert not core.scheduler.running and not core.scheduler.waiting
+    assert bm.num_free_blocks == bm.num_blocks
+    assert all(r == 0 for r in bm.ref_cnt)
