@@ -73,12 +73,14 @@ def bench_hf(model_dir: Path, prompts: list[list[int]], n_tokens: int, pad_id: i
         t = time.perf_counter()
         model.generate(torch.tensor([prompts[0]]), **gen_kw)
         res["hf_single_tok_s"] = n_tokens / (time.perf_counter() - t)
+        print(res, flush=True)
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         t = time.perf_counter()
         model.generate(ids, attention_mask=mask, **gen_kw)
         res["hf_static20_tok_s"] = n_tokens * len(prompts) / (time.perf_counter() - t)
+        print(res, flush=True)
         try:
             from transformers import GenerationConfig
 
@@ -111,6 +113,7 @@ def main() -> None:
         "new_tokens": args.tokens,
     }
     result.update(bench_engine(llm, prompts, args.tokens))
+    print({k: round(v, 1) for k, v in result.items() if k.endswith("tok_s")}, flush=True)
     if not args.skip_hf:
         pad = (
             ckpt.tokenizer.pad_token_id

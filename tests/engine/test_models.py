@@ -12,12 +12,8 @@ NEW_TOKENS = 64
 PROMPTS = ["The capital of France is", "def fibonacci(n):"]
 
 
-def hf_greedy(model_dir, prompt_ids: list[int], n: int) -> list[int]:
+def hf_greedy(model, prompt_ids: list[int], n: int) -> list[int]:
     """Plain greedy decoding with transformers' own model and KV cache (no EOS stop)."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model.eval()
     ids = torch.tensor([prompt_ids])
     out: list[int] = []
     past = None
@@ -36,8 +32,11 @@ def check_against_hf(model_dir, **engine_args) -> None:
     tok = llm.get_tokenizer()
     params = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
     outs = llm.generate(PROMPTS, params, use_tqdm=False)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     for prompt, out in zip(PROMPTS, outs, strict=True):
-        expected = hf_greedy(model_dir, tok.encode(prompt), NEW_TOKENS)
+        expected = hf_greedy(model, tok.encode(prompt), NEW_TOKENS)
         assert out.outputs[0].token_ids == expected
     assert_pool_free(llm)
 
