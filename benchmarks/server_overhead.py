@@ -1,12 +1,13 @@
 """Server overhead: requests/s and p50/p99 latency of add_sub over HTTP and gRPC.
 
-Runs Tritium (`tritium serve`) and, when given `--tritonserver`, NVIDIA's tritonserver on the
-same model repository (examples/python_models/add_sub), at concurrency 1, 16 and 64, with the
-same clients (httpx for HTTP/JSON, tritonclient.grpc.aio for gRPC). Prints a table and writes
-JSON under benchmarks/out/.
+Runs Tritium (`tritium serve`) and NVIDIA's tritonserver (the nvidia-pytriton wheel's, found
+or installed by benchmarks/triton_reference.py) on the same model repository
+(examples/python_models/add_sub), at concurrency 1, 16 and 64, with the same clients (httpx
+for HTTP/JSON, tritonclient.grpc.aio for gRPC). Prints a table and writes JSON under
+benchmarks/out/.
 
     python benchmarks/server_overhead.py --duration 5
-    python benchmarks/server_overhead.py --tritonserver /tmp/pytriton-venv/lib/python3.11/site-packages/pytriton/tritonserver/bin/tritonserver
+    python benchmarks/server_overhead.py --no-triton     # Tritium only
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +31,10 @@ import numpy as np
 import tritonclient.grpc.aio as grpcaio
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import triton_reference  # noqa: E402
+
 MODEL_DIR = ROOT / "examples" / "python_models" / "add_sub"
 BODY = json.dumps(  # the same JSON request every time
     {
@@ -75,21 +79,12 @@ def start_tritium(repo: Path, ports: tuple[int, int, int]) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
 
 
-def start_triton(binary: Path, repo: Path, ports: tuple[int, int, int]) -> subprocess.Popen:
-    root = binary.resolve().parents[1]  # .../tritonserver/{bin,backends}
-    env = os.environ.copy()
-    site_packages = root.parents[1]
-    libs = [p for p in (site_packages / "nvidia_pytriton.libs", root / "lib") if p.is_dir()]
-    # the Python backend stub links libpython and imports numpy from the wheel's environment
-    libs.append(Path(sysconfig.get_config_var("LIBDIR") or "/usr/lib"))
-    env["LD_LIBRARY_PATH"] = ":".join([*map(str, libs), env.get("LD_LIBRARY_PATH", "")])
-    env["PYTHONPATH"] = str(site_packages)
-    cmd = [str(binary), "--model-repository", str(repo),
-           "--backend-directory", str(root / "backends"),
-           "--http-address", "127.0.0.1", "--http-port", str(ports[0]),
-           "--grpc-address", "127.0.0.1", "--grpc-port", str(ports[1]),
-           "--metrics-port", str(ports[2]), "--allow-metrics", "false"]  # fmt: skip
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+def start_triton(repo: Path, ports: tuple[int, int, int]) -> triton_reference.RunningTriton:
+    """NVIDIA's tritonserver from the nvidia-pytriton wheel, via triton_reference (which
+    puts the wheel's venv first on PATH: the Python stub embeds the first python3 there)."""
+    return triton_reference.start(
+        repo, ports, extra_args=["--allow-metrics=false"], timeout_s=180.0
+    )
 
 
 def summarize(latencies: list[float], elapsed: float) -> dict[str, float]:
@@ -177,33 +172,35 @@ def main() -> int:
     p.add_argument(
         "--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64]
     )
-    p.add_argument(
-        "--tritonserver", type=Path, default=None, help="path to NVIDIA's tritonserver binary"
-    )
+    p.add_argument("--no-triton", action="store_true", help="measure Tritium only")
+    p.add_argument("--servers", default="tritium,triton", help="which servers, in order")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "server_overhead.json")
     args = p.parse_args()
 
     repo = Path(tempfile.mkdtemp(prefix="overhead-repo-"))
     shutil.copytree(MODEL_DIR, repo / "add_sub")
-    peers = [("tritium", None)]
-    if args.tritonserver is not None and args.tritonserver.exists():
-        peers.append(("triton", args.tritonserver))
-    elif args.tritonserver is not None:
-        print(f"skipping triton: {args.tritonserver} does not exist")
-    else:
-        print("skipping triton: pass --tritonserver PATH to compare with NVIDIA's server")
+    peers = [n for n in args.servers.split(",") if n and not (args.no_triton and n == "triton")]
 
     rows: list[dict] = []
-    for name, binary in peers:
+    for name in peers:
         ports = (free_port(), free_port(), free_port())
-        proc = start_tritium(repo, ports) if binary is None else start_triton(binary, repo, ports)
+        if name == "tritium":
+            proc = start_tritium(repo, ports)
+            stop = proc.terminate
+        else:
+            try:
+                triton = start_triton(repo, ports)
+            except Exception as e:  # no wheel and no network: Tritium's numbers only
+                print(f"skipping triton: {e}")
+                continue
+            proc, stop = triton.process, triton.stop
         try:
             wait_ready(ports[0], proc)
             rows += measure(name, ports, args)
         except Exception as e:
             print(f"skipping the rest of {name}: {e}")
         finally:
-            proc.terminate()
+            stop()
             proc.wait(60)
 
     print()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import grpc
 import numpy as np
@@ -103,9 +104,17 @@ def test_invalid_argument(client: grpcclient.InferenceServerClient) -> None:
 
 
 def test_statistics_repository_settings(client: grpcclient.InferenceServerClient) -> None:
-    before = client.get_inference_statistics("add_sub").model_stats[0].inference_count
+    def count() -> int:
+        return client.get_inference_statistics("add_sub").model_stats[0].inference_count
+
+    before = count()
     client.infer("add_sub", _add_sub_inputs())
-    assert client.get_inference_statistics("add_sub").model_stats[0].inference_count == before + 1
+    # Statistics update when execute() returns, which may be after the client has its
+    # response: poll for the count, with a deadline.
+    deadline = time.monotonic() + 10
+    while count() != before + 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert count() == before + 1
     states = {m.name: m.state for m in client.get_model_repository_index().models}
     assert states["add_sub"] == "READY"
     assert client.get_system_shared_memory_status().regions == {}

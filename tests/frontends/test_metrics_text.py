@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
 
-from tritium.frontends.metrics import cpu_metrics, model_metrics
+from tritium.backends.python.metrics import collector_for
+from tritium.frontends.metrics import (
+    cpu_metrics,
+    model_metrics,
+    pinned_memory_metrics,
+    registry_metrics,
+)
 from tritium.server.statistics import ModelStatistics
 
 
@@ -53,3 +60,29 @@ def test_cpu_families() -> None:
     used = fams["nv_cpu_memory_used_bytes"].samples[0].value
     assert 0 < used <= total
     assert 0.0 <= fams["nv_cpu_utilization"].samples[0].value <= 1.0
+
+
+def test_custom_counter_family_has_tritons_name_and_help() -> None:
+    registry = CollectorRegistry()
+    custom = collector_for(registry)  # pb_utils.MetricFamily's server side
+    custom.family(1, "my_requests", "Requests seen", "counter")
+    custom.update(custom.metric("my_requests", {"model": "m"}, None), "increment", 2)
+    plain = Counter("vllm:prompt_tokens", "Prompt tokens", ["model_name"], registry=registry)
+    plain.labels("m").inc(5)
+    text = registry_metrics(registry).decode()
+    assert "# HELP my_requests Requests seen\n# TYPE my_requests counter\n" in text
+    assert 'my_requests{model="m"} 2\n' in text
+    assert "my_requests_total" not in text
+    # prometheus_client's own counters keep their standard exposition
+    assert "# TYPE vllm:prompt_tokens_total counter" in text
+    assert 'vllm:prompt_tokens_total{model_name="m"} 5.0' in text
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    assert fams["my_requests"].documentation == "Requests seen"
+    assert fams["my_requests"].type == "counter"
+
+
+def test_pinned_memory_pool_gauges() -> None:
+    fams = _families(pinned_memory_metrics())
+    for name in ("nv_pinned_memory_pool_total_bytes", "nv_pinned_memory_pool_used_bytes"):
+        assert fams[name].type == "gauge"
+        assert [(s.labels, s.value) for s in fams[name].samples] == [({}, 0)]

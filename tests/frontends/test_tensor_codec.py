@@ -16,6 +16,7 @@ from tritium.frontends.tensor_codec import (
     serialize_bytes,
 )
 from tritium.server.errors import ErrorCode, TritonError
+from tritium.server.types import TruncatedBytes
 
 
 def test_bytes_round_trip_uses_little_endian_length_prefixes() -> None:
@@ -29,14 +30,23 @@ def test_bytes_round_trip_uses_little_endian_length_prefixes() -> None:
     assert list(back) == [b"ab", b"", "é".encode()]
 
 
-def test_bytes_length_prefix_past_the_end_is_invalid_arg() -> None:
-    raw = struct.pack("<I", 10) + b"abc"
+def test_bytes_last_element_cut_short_passes_as_truncated_bytes() -> None:
+    # Triton's core counts elements only; the backend refuses the incomplete element.
+    raw = struct.pack("<I", 1) + b"x" + struct.pack("<I", 10) + b"abc"
+    arr = deserialize_bytes(raw, "X", "m", 2, "r1")
+    assert arr[0] == b"x" and not isinstance(arr[0], TruncatedBytes)
+    assert isinstance(arr[1], TruncatedBytes)
+    assert arr[1] == b"abc" and arr[1].declared_length == 10
+
+
+def test_bytes_too_many_elements_stop_at_the_first_extra_one() -> None:
+    raw = serialize_bytes(np.array([b"a", b"b", b"c"], dtype=np.object_))
     with pytest.raises(TritonError) as e:
         deserialize_bytes(raw, "X", "m", 1, "r1")
     assert e.value.code is ErrorCode.INVALID_ARG
-    assert (
-        "[request id: r1] incomplete string for inference input 'X' for model 'm'"
-        in e.value.message
+    assert e.value.message == (
+        "[request id: r1] unexpected number of string elements 2 for inference input 'X' "
+        "for model 'm', expecting 1"
     )
 
 
@@ -108,21 +118,31 @@ def test_json_element_count_mismatch_is_internal() -> None:
 
 
 @pytest.mark.parametrize(
-    "datatype,data",
+    "datatype,data,message",
     [
-        ("INT32", [1.5]),
-        ("INT32", ["1"]),
-        ("BOOL", [1]),
-        ("BYTES", [1]),
-        ("UINT8", [-1]),
-        ("FP32", [True]),
+        ("INT32", [1.5], "'data': attempt to access JSON non-signed-integer as signed-integer"),
+        ("INT32", ["1"], "'data': attempt to access JSON non-signed-integer as signed-integer"),
+        ("INT32", [True], "'data': attempt to access JSON non-signed-integer as signed-integer"),
+        ("INT64", [2**63], "'data': attempt to access JSON non-signed-integer as signed-integer"),
+        ("BOOL", [1], "'data': attempt to access JSON non-boolean as boolean"),
+        ("BYTES", [1], "JSON bytes array: attempt to access JSON non-string as string"),
+        ("UINT8", [-1], "'data': attempt to access JSON non-unsigned-integer as unsigned-integer"),
+        ("FP32", [True], "'data': attempt to access JSON non-number as double"),
+        ("FP32", ["a"], "'data': attempt to access JSON non-number as double"),
     ],
 )
-def test_json_wrong_element_types_are_rejected(datatype: str, data: list) -> None:
+def test_json_wrong_element_types_are_rejected(datatype: str, data: list, message: str) -> None:
     with pytest.raises(TritonError) as e:
         array_from_json("X", datatype, [1], data)
     assert e.value.code is ErrorCode.INTERNAL
-    assert e.value.message.startswith("Unable to parse 'data'")
+    assert e.value.message == f"Unable to parse {message}"
+
+
+def test_json_integers_wrap_to_the_tensor_type_as_in_triton() -> None:
+    # Triton reads a 64-bit integer and casts it: 2**40 in an INT32 tensor is 0.
+    assert array_from_json("X", "INT32", [2], [2**40, 2**31]).tolist() == [0, -(2**31)]
+    assert array_from_json("X", "UINT8", [1], [257]).tolist() == [1]
+    assert array_from_json("X", "FP32", [2], [1, 2.5]).tolist() == [1.0, 2.5]
 
 
 def test_json_fp16_input_is_refused() -> None:

@@ -3,6 +3,7 @@ only 1/model.py, a dynamic-batched model, a decoupled model, reload in explicit 
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 
@@ -70,5 +71,36 @@ async def test_python_models_through_the_core(python_repo: Path):
         assert server.repository_index()[0]["reason"] == "unloaded"
         await server.load_model("auto_complete")
         assert server.model_ready("auto_complete")
+    finally:
+        await server.stop(timeout_s=5)
+
+
+async def test_crashed_model_is_unavailable_and_answers_with_the_crash(tmp_path: Path):
+    repo = tmp_path / "models"
+    shutil.copytree(EXAMPLES / "crasher", repo / "crasher")
+    server = InferenceServer(ServerOptions(model_repository=[str(repo)]))
+    await server.start()
+
+    async def infer(value: int) -> list:
+        data = np.array([value], dtype=np.int32)
+        req = InferenceRequest("crasher", inputs={"INPUT0": Tensor("INPUT0", "INT32", data)})
+        return [r async for r in server.infer(req)]
+
+    try:
+        [dies] = await infer(-1)
+        assert dies.error is not None and dies.error.code.name == "INTERNAL"
+        assert dies.error.message == "Stub process 'crasher_0_0' is not healthy."
+        for _ in range(200):  # the failure is reported once the stub's exit is seen
+            if not server.model_ready("crasher"):
+                break
+            await asyncio.sleep(0.02)
+        # UNAVAILABLE with the reason (issue 2), not ready ...
+        [entry] = server.repository_index()
+        assert entry["state"] == "UNAVAILABLE" and "exit code 3" in entry["reason"]
+        assert not server.model_ready("crasher") and not server.is_ready()
+        # ... and a later request gets Triton's answer from the dead stub, not "unknown model"
+        [later] = await infer(5)
+        assert later.error is not None
+        assert later.error.message == "Stub process 'crasher_0_0' is not healthy."
     finally:
         await server.stop(timeout_s=5)

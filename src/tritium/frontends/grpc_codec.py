@@ -13,6 +13,7 @@ from tritonclient.grpc import service_pb2
 
 from tritium.frontends.tensor_codec import array_from_raw, array_to_raw, element_count
 from tritium.server.errors import invalid_arg
+from tritium.server.input_order import triton_input_order
 from tritium.server.types import (
     TRITON_TO_NUMPY,
     InferenceRequest,
@@ -50,7 +51,7 @@ def parse_version(version: str) -> int:
     except ValueError:
         raise invalid_arg(
             f"failed to get model version from specified version string '{version}' "
-            "(details: stoll), version should be an integral value > 0"
+            "(details: stol), version should be an integral value > 0"
         ) from None
 
 
@@ -79,8 +80,9 @@ def _apply_parameters(req: InferenceRequest, params: Any) -> None:
             continue
         elif key.startswith("triton_"):
             raise invalid_arg(
-                "parameter keys starting with 'triton_' are reserved for Triton usage and "
-                "should not be specified."
+                "parameter keys starting with 'triton_' are reserved for Triton usage. Only "
+                "the following keys starting with 'triton_' are allowed: "
+                + ", ".join(sorted(STREAM_PARAMETERS))
             )
         else:
             req.parameters[key] = value
@@ -123,27 +125,42 @@ def request_from_proto(pb: Any) -> InferenceRequest:
     req.id = pb.id
     _apply_parameters(req, pb.parameters)
     raw = pb.raw_input_contents
-    if raw and len(raw) != len(pb.inputs):
+    # Triton ignores raw_input_contents beyond the inputs.
+    if raw and len(raw) < len(pb.inputs):
         raise invalid_arg(
             f"[request id: {req.log_id}] expected {len(pb.inputs)} raw_input_contents entries "
             f"for model '{model_name}', got {len(raw)}"
         )
+    pending: list[tuple[Any, int]] = []
     for i, io in enumerate(pb.inputs):
-        if io.name in req.inputs:
-            raise invalid_arg(f"input '{io.name}' already exists in request")
+        if io.name in req.inputs or any(p.name == io.name for p, _ in pending):
+            raise invalid_arg(
+                f"[request id: {req.log_id}] input '{io.name}' already exists in request"
+            )
         if raw:
             if io.HasField("contents"):
                 raise invalid_arg(
                     f"contents field must not be specified when using raw_input_contents for "
                     f"'{io.name}' for model '{model_name}'"
                 )
-            data = array_from_raw(
-                io.name, io.datatype, list(io.shape), raw[i], model_name, req.log_id
-            )
-        else:
-            data = _from_contents(io, model_name, req.log_id)
+            pending.append((io, i))
+            continue
+        data = _from_contents(io, model_name, req.log_id)
         params = {k: parameter_value(v) for k, v in io.parameters.items()}
         req.inputs[io.name] = Tensor(io.name, io.datatype, data, params)
+    # Triton's core checks raw sizes once the whole request is read, in the order of its
+    # inputs' unordered_map.
+    by_name = {io.name: (io, i) for io, i in pending}
+    order = triton_input_order(list(by_name)) if len(pending) > 1 else list(by_name)
+    decoded = {
+        io.name: array_from_raw(
+            io.name, io.datatype, list(io.shape), raw[i], model_name, req.log_id
+        )
+        for io, i in (by_name[n] for n in order)
+    }
+    for io, _ in pending:
+        params = {k: parameter_value(v) for k, v in io.parameters.items()}
+        req.inputs[io.name] = Tensor(io.name, io.datatype, decoded[io.name], params)
     if pb.outputs:
         req.requested_outputs = []
         for out in pb.outputs:

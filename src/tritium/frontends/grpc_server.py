@@ -145,11 +145,16 @@ class GRPCInferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
                 stream = ResponseStream(ireq, self.server.infer(ireq))
                 async for r in stream:
                     if r.error is not None:
-                        queue.put_nowait(self._stream_error(pb, r.error))
+                        # A model's error response: id, model name and the final flag.
+                        queue.put_nowait(self._model_error(pb, handle.name, r))
                         continue
                     if r.final and not r.outputs and not send_empty_final:
                         continue
-                    out = response_to_proto(r, ireq, handle.name, handle.version)
+                    if r.final and not r.outputs:
+                        # Triton's flag-only final response has no model_version.
+                        out = service_pb2.ModelInferResponse(model_name=handle.name, id=ireq.id)
+                    else:
+                        out = response_to_proto(r, ireq, handle.name, handle.version)
                     out.parameters["triton_final_response"].bool_param = r.final
                     queue.put_nowait(service_pb2.ModelStreamInferResponse(infer_response=out))
             except asyncio.CancelledError:
@@ -187,11 +192,17 @@ class GRPCInferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @staticmethod
     def _stream_error(pb: Any, err: TritonError) -> Any:
+        """A request refused before it reached a model: only its id, as Triton."""
         return service_pb2.ModelStreamInferResponse(
-            error_message=err.message,
-            infer_response=service_pb2.ModelInferResponse(
-                id=pb.id, model_name=pb.model_name, model_version=pb.model_version
-            ),
+            error_message=err.message, infer_response=service_pb2.ModelInferResponse(id=pb.id)
+        )
+
+    @staticmethod
+    def _model_error(pb: Any, model_name: str, response: Any) -> Any:
+        out = service_pb2.ModelInferResponse(id=pb.id, model_name=model_name)
+        out.parameters["triton_final_response"].bool_param = response.final
+        return service_pb2.ModelStreamInferResponse(
+            error_message=response.error.message, infer_response=out
         )
 
     # -- repository -----------------------------------------------------------------------

@@ -19,6 +19,7 @@ import uvicorn
 
 from tritium.frontends.grpc_server import create_grpc_server
 from tritium.frontends.http import create_app
+from tritium.frontends.http.protocol import CoalescingHttpToolsProtocol
 from tritium.frontends.metrics import create_metrics_app
 from tritium.server.core import InferenceServer
 from tritium.server.options import ServerOptions
@@ -63,10 +64,15 @@ def _display(address: str, port: int) -> str:
 def _uvicorn_server(app: Any, options: ServerOptions) -> _Uvicorn:
     config = uvicorn.Config(
         app,
-        http="httptools",
+        http=CoalescingHttpToolsProtocol,  # httptools, one write per response
         ws="none",
         lifespan="off",
         access_log=False,
+        # Triton sends neither Server nor Date headers and ignores X-Forwarded-*: less
+        # work per request.
+        proxy_headers=False,
+        server_header=False,
+        date_header=False,
         log_config=None,
         log_level="warning",
         timeout_graceful_shutdown=max(1, int(options.exit_timeout_secs)),

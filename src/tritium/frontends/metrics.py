@@ -145,6 +145,61 @@ def model_metrics(stats: list[ModelStatistics]) -> list[str]:
     return lines
 
 
+def pinned_memory_metrics() -> list[str]:
+    """Triton's pinned-memory pool gauges; Tritium keeps no pinned pool (0, as Triton
+    reports without CUDA)."""
+    lines = _family(
+        "nv_pinned_memory_pool_total_bytes",
+        "gauge",
+        "Pinned memory pool total memory size, in bytes",
+        [({}, 0)],
+    )
+    lines += _family(
+        "nv_pinned_memory_pool_used_bytes",
+        "gauge",
+        "Pinned memory pool used memory size, in bytes",
+        [({}, 0)],
+    )
+    return lines
+
+
+class _Collected:
+    """A `collect()`-able view of some metrics, for prometheus_client's generate_latest."""
+
+    def __init__(self, metrics: list[Any]) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> list[Any]:
+        return self._metrics
+
+
+def registry_metrics(registry: Any) -> bytes:
+    """The server's own registry (pb_utils.MetricFamily, vllm:*). A counter whose samples
+    carry its family's exact name (Triton's naming, as pb_utils counters are) is written
+    with the nv_* writer: `# HELP/# TYPE name counter` and `name{...}`; prometheus_client
+    would name HELP and TYPE `name_total` and leave the samples without help text.
+    Everything else is prometheus_client's own exposition."""
+    triton_style: list[str] = []
+    standard: list[Any] = []
+    for metric in registry.collect():
+        samples = metric.samples
+        if metric.type == "counter" and samples and all(s.name == metric.name for s in samples):
+            triton_style += _family(
+                metric.name,
+                "counter",
+                _escape_help(metric.documentation),
+                ((dict(s.labels), s.value) for s in samples),
+            )
+        else:
+            standard.append(metric)
+    text = ("\n".join(triton_style) + "\n").encode() if triton_style else b""
+    return text + (generate_latest(_Collected(standard)) if standard else b"")  # type: ignore[arg-type]
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
 def cpu_metrics() -> list[str]:
     import psutil
 
@@ -248,6 +303,7 @@ class MetricsExporter:
             lines += model_metrics(self.server.stats_snapshot())
         except Exception:
             log.exception("collecting model statistics failed")
+        lines += pinned_memory_metrics()
         if self.gpu is not None:
             lines += self.gpu.lines()
         if self.cpu:
@@ -255,7 +311,7 @@ class MetricsExporter:
         text = ("\n".join(lines) + "\n").encode() if lines else b""
         registry = getattr(self.server, "metrics_registry", None)
         if registry is not None:
-            text += generate_latest(registry)
+            text += registry_metrics(registry)
         return text
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from tritium.server.errors import TritonError, internal, invalid_arg
-from tritium.server.types import TRITON_TO_NUMPY
+from tritium.server.types import TRITON_TO_NUMPY, TruncatedBytes
 
 _LEN = struct.Struct("<I")
 
@@ -44,7 +44,10 @@ def serialize_bytes(arr: np.ndarray) -> bytes:
 def deserialize_bytes(
     buf: bytes | memoryview, name: str, model_name: str, expected: int, log_id: str = "<id_unknown>"
 ) -> np.ndarray:
-    """Length-prefixed buffer -> 1-D object array of `expected` bytes elements."""
+    """Length-prefixed buffer -> 1-D object array of `expected` bytes elements, checked as
+    Triton's core checks it (ValidateBytesInputs): each length indicator must be whole,
+    extra elements fail as soon as they are met, too few fail at the end. A last element
+    cut short passes the core: it becomes a TruncatedBytes that the backend refuses."""
     mv = memoryview(buf)
     out: list[bytes] = []
     offset, end = 0, len(mv)
@@ -58,12 +61,15 @@ def deserialize_bytes(
             )
         (length,) = _LEN.unpack_from(mv, offset)
         offset += 4
-        if end - offset < length:
+        if len(out) + 1 > expected:
             raise invalid_arg(
-                f"{prefix}incomplete string for inference input '{name}' for model "
-                f"'{model_name}', expecting string of length {length} but only "
-                f"{end - offset} bytes available."
+                f"{prefix}unexpected number of string elements {len(out) + 1} for inference "
+                f"input '{name}' for model '{model_name}', expecting {expected}"
             )
+        if end - offset < length:
+            out.append(TruncatedBytes.of(bytes(mv[offset:end]), length))
+            offset = end
+            break
         out.append(bytes(mv[offset : offset + length]))
         offset += length
     if len(out) != expected:
@@ -124,12 +130,26 @@ def _flatten(data: Any, out: list[Any]) -> None:
             out.append(item)
 
 
-def _type_error(kind: str) -> TritonError:
-    return internal(f"Unable to parse 'data': attempt to access JSON non-{kind} as {kind}")
+_INT64 = (-(2**63), 2**63)
+_UINT64 = (0, 2**64)
+
+
+def _data_error(detail: str) -> TritonError:
+    return internal(f"Unable to parse 'data': attempt to access JSON {detail}")
+
+
+def _check_ints(flat: list[Any], bounds: tuple[int, int], kind: str) -> None:
+    """TritonJson's AsInt / AsUInt: a JSON integer that RapidJSON stores in 64 bits (a
+    larger one is a double to RapidJSON); bool is not an integer."""
+    lo, hi = bounds
+    for x in flat:
+        if type(x) is not int or not lo <= x < hi:
+            raise _data_error(f"non-{kind} as {kind}")
 
 
 def array_from_json(name: str, datatype: str, shape: Sequence[int], data: Any) -> np.ndarray:
-    """JSON `data` (flat or nested, row-major) -> ndarray of `shape` in `datatype`."""
+    """JSON `data` (flat or nested, row-major) -> ndarray of `shape` in `datatype`, read as
+    Triton reads it: integers as 64-bit values cast (wrapping) to the tensor's type."""
     if datatype == "FP16":
         raise invalid_arg(
             "receiving FP16 data via JSON is not supported. Please use the binary data "
@@ -150,29 +170,26 @@ def array_from_json(name: str, datatype: str, shape: Sequence[int], data: Any) -
         raise internal(_SHAPE_MISMATCH)
     if datatype == "BYTES":
         if not all(isinstance(x, str) for x in flat):
-            raise _type_error("string")
+            raise internal(
+                "Unable to parse JSON bytes array: attempt to access JSON non-string as string"
+            )
         arr = np.empty(count, dtype=np.object_)
         arr[:] = [x.encode() for x in flat]
         return arr.reshape(shape)
     if datatype == "BOOL":
         if not all(isinstance(x, bool) for x in flat):
-            raise _type_error("bool")
+            raise _data_error("non-boolean as boolean")
         return np.array(flat, dtype=np.bool_).reshape(shape)
-    is_float = dtype.kind == "f"
-    for x in flat:
-        # bool is an int in Python but not in JSON; floats only go to float tensors
-        if (
-            isinstance(x, bool)
-            or not isinstance(x, int | float)
-            or (not is_float and isinstance(x, float))
-        ):
-            raise _type_error("double" if is_float else ("uint" if dtype.kind == "u" else "int"))
-    if dtype.kind == "u" and any(x < 0 for x in flat):
-        raise _type_error("uint")
-    try:
-        return np.array(flat, dtype=dtype).reshape(shape)
-    except OverflowError:
-        raise _type_error("int") from None
+    if dtype.kind == "f":
+        for x in flat:
+            if type(x) is not float and type(x) is not int:
+                raise _data_error("non-number as double")
+        return np.array(flat, dtype=np.float64).astype(dtype).reshape(shape)
+    if dtype.kind == "u":
+        _check_ints(flat, _UINT64, "unsigned-integer")
+        return np.array(flat, dtype=np.uint64).astype(dtype).reshape(shape)
+    _check_ints(flat, _INT64, "signed-integer")
+    return np.array(flat, dtype=np.int64).astype(dtype).reshape(shape)
 
 
 def array_to_json(name: str, datatype: str, arr: np.ndarray) -> list[Any]:

@@ -36,6 +36,9 @@ class RequestTimings:
     # (pb_utils.TritonError) is a success, an exception in execute() a failure. None: the
     # core judges by the final response (an error is a failure).
     success: bool | None = None
+    # False when the backend refused the request before executing it (Triton's python
+    # backend checking BYTES inputs): no execution is counted for it.
+    executed: bool = True
 
 
 class ServerHandle(Protocol):

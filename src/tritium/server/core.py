@@ -131,7 +131,7 @@ class InferenceServer:
     def get_model(self, name: str, version: int = -1) -> ModelHandle:
         """The READY version (-1: highest ready). Raises TritonError NOT_FOUND /
         UNAVAILABLE with Triton's messages."""
-        model = self.registry.resolve(name, version)
+        model = self.registry.resolve(name, version, include_crashed=True)
         return ModelHandle(model.name, model.version, model.config)
 
     def model_ready(self, name: str, version: int = -1) -> bool:
@@ -172,7 +172,9 @@ class InferenceServer:
         iterator early (client went away) cancels the request."""
         if not self._accepting:
             raise unavailable("Server not ready")
-        model = self.registry.resolve(request.model_name, request.model_version)
+        model = self.registry.resolve(
+            request.model_name, request.model_version, include_crashed=True
+        )
         batch_size = validate_request(model.config, request)
         request.model_version = model.version
         return self._responses(model, request, batch_size)

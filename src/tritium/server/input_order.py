@@ -10,6 +10,8 @@ sets of 3 to 30 inputs (tests/conformance records one).
 
 from __future__ import annotations
 
+import functools
+
 _MUL = 0xC6A4A7935BD1E995
 _MASK = (1 << 64) - 1
 _SEED = 0xC70F6907
@@ -47,6 +49,11 @@ def _next_bucket_count(n: int) -> int:
 
 def triton_input_order(names: list[str]) -> list[str]:
     """`names` (insertion order, duplicates ignored) in Triton's iteration order."""
+    return list(_order(tuple(names)))
+
+
+@functools.lru_cache(maxsize=4096)  # the same few name lists come with every request
+def _order(names: tuple[str, ...]) -> tuple[str, ...]:
     nodes: list[tuple[str, int]] = []  # (name, hash) in iteration order
     buckets, next_resize = 1, 0
 
@@ -72,4 +79,4 @@ def triton_input_order(names: list[str]) -> list[str]:
             else:
                 next_resize = buckets
         place(name, std_hash(name))
-    return [n for n, _ in nodes]
+    return tuple(n for n, _ in nodes)

@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import logging
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -51,15 +52,23 @@ class ModelLifecycle:
         self._retiring: set[asyncio.Task[None]] = set()
         self._poll_task: asyncio.Task[None] | None = None
         self.last_scan = ScanResult({}, {})
+        self._scan_lock = threading.Lock()
 
     def scan(self) -> ScanResult:
-        self.last_scan = self.repository.scan()
-        return self.last_scan
+        """List the repositories (downloading remote ones into their local cache). One scan
+        at a time: concurrent downloads into one cache would trample each other."""
+        with self._scan_lock:
+            self.last_scan = self.repository.scan()
+            return self.last_scan
+
+    async def scan_async(self) -> ScanResult:
+        """`scan()` on a worker thread, so a remote (S3) download never blocks the loop."""
+        return await asyncio.to_thread(self.scan)
 
     # -- start / stop ----------------------------------------------------------------
     async def start(self) -> dict[str, str]:
         """Load what the control mode asks for; return {model: error} for failed loads."""
-        scan = self.scan()
+        scan = await self.scan_async()
         mode = self.options.model_control_mode
         if mode == "explicit":
             wanted = self.options.load_model
@@ -107,7 +116,7 @@ class ModelLifecycle:
 
     async def poll_once(self) -> None:
         """Load added models, reload changed ones, unload removed ones."""
-        scan = self.scan()
+        scan = await self.scan_async()
         for name in scan.names():
             rec = self.registry.records.get(name)
             if rec is not None and rec.override:
@@ -136,7 +145,7 @@ class ModelLifecycle:
     ) -> None:
         """Load (or reload) every version the policy selects. Raises TritonError with
         Triton's message when any version fails; a version that was READY keeps serving."""
-        scan = scan if scan is not None else self.scan()
+        scan = scan if scan is not None else await self.scan_async()
         if files and not config_json:
             # Triton needs the `config` parameter with file overrides; without it the load
             # fails as if the model were not in the repository.
@@ -234,6 +243,7 @@ class ModelLifecycle:
                 return
             old = vr.model
             vr.model, vr.state, vr.reason, vr.fingerprint = model, ModelState.READY, "", fp
+            vr.crashed = False
             if old is not None:
                 self._retire(old)
 
@@ -313,7 +323,7 @@ class ModelLifecycle:
         readiness and the repository index tell operators what broke."""
         vr = rec.versions.get(version)
         if vr is not None and holder and vr.model is holder[0]:
-            vr.state, vr.reason = ModelState.UNAVAILABLE, reason
+            vr.state, vr.reason, vr.crashed = ModelState.UNAVAILABLE, reason, True
             log.error("model '%s' version %d is unavailable: %s", rec.name, version, reason)
 
     def _retire(self, model: Model) -> None:
@@ -347,7 +357,7 @@ class ModelLifecycle:
         self, rec: ModelRecord, vr: VersionRecord, drain_timeout_s: float | None = None
     ) -> None:
         model, vr.model = vr.model, None
-        vr.state, vr.reason = ModelState.UNLOADING, ""
+        vr.state, vr.reason, vr.crashed = ModelState.UNLOADING, "", False
         if model is not None:
             try:
                 await model.unload(drain_timeout_s)

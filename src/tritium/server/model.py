@@ -144,6 +144,8 @@ class Model:
             self._maybe_complete(p)
 
     def _count_batch(self, batch: list[Pending], timings: list[RequestTimings]) -> None:
+        if timings and not any(t.executed for t in timings):
+            return  # refused before execution: no execution to count
         s = self.stats
         size = sum(p.batch_size for p in batch)
         s.execution_count += 1

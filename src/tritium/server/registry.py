@@ -24,6 +24,9 @@ class ModelState(enum.Enum):
     UNAVAILABLE = "UNAVAILABLE"
 
 
+READY = ModelState.READY
+
+
 @dataclass
 class VersionRecord:
     version: int
@@ -31,6 +34,14 @@ class VersionRecord:
     reason: str = ""
     model: Model | None = None
     fingerprint: str = ""  # config + version folder, when `model` was loaded
+    # The backend lost an instance (a stub died): UNAVAILABLE, but `model` stays so that
+    # inference requests get the backend's own error, as Triton answers them.
+    crashed: bool = False
+
+    def serves(self, include_crashed: bool) -> bool:
+        if self.state == ModelState.READY:
+            return True
+        return include_crashed and self.crashed and self.model is not None
 
 
 @dataclass
@@ -71,23 +82,28 @@ class ModelRegistry:
             rec = self.records[name] = ModelRecord(name)
         return rec
 
-    def resolve(self, name: str, version: int = -1) -> Model:
-        """The READY Model for a request, with Triton's messages (model_lifecycle.cc)."""
+    def resolve(self, name: str, version: int = -1, include_crashed: bool = False) -> Model:
+        """The READY Model for a request, with Triton's messages (model_lifecycle.cc).
+        `include_crashed`: a version whose backend crashed still takes inference requests
+        (its backend answers them with the crash error, as Triton does)."""
         rec = self.records.get(name)
         if rec is None or not rec.versions:
             raise not_found(f"Request for unknown model: '{name}' is not found")
         if version < 0:
-            ready = rec.ready_versions()
-            if not ready:
+            ready = READY
+            latest = max((v for v, r in rec.versions.items() if r.state is ready), default=-1)
+            if include_crashed and latest < 0:
+                latest = max((v for v, r in rec.versions.items() if r.serves(True)), default=-1)
+            if latest < 0:
                 raise not_found(f"Request for unknown model: '{name}' has no available versions")
-            model = rec.versions[ready[-1]].model
+            model = rec.versions[latest].model
         else:
             vr = rec.versions.get(version)
             if vr is None:
                 raise not_found(
                     f"Request for unknown model: '{name}' version {version} is not found"
                 )
-            if vr.state != ModelState.READY:
+            if not vr.serves(include_crashed):
                 raise unavailable(
                     f"Request for unknown model: '{name}' version {version} is not at ready state"
                 )

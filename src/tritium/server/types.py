@@ -47,6 +47,23 @@ def wire_to_config_dtype(wire_dtype: str) -> str:
     return "TYPE_STRING" if wire_dtype == "BYTES" else f"TYPE_{wire_dtype}"
 
 
+class TruncatedBytes(bytes):
+    """The last element of a BYTES tensor whose data ends before its declared length.
+
+    Triton's core checks only the element count of BYTES inputs; an incomplete last
+    element reaches the backend, which refuses the request after it was queued (so it
+    counts as a failed request of the model). Frontends keep the bytes that were there.
+    """
+
+    declared_length: int = 0
+
+    @classmethod
+    def of(cls, data: bytes, declared_length: int) -> TruncatedBytes:
+        out = cls(data)
+        out.declared_length = declared_length
+        return out
+
+
 @dataclass
 class Tensor:
     """A named tensor. `data.shape` must equal `shape`."""

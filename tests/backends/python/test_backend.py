@@ -131,7 +131,8 @@ async def test_exception_in_execute_fails_the_batch(server: LocalServer) -> None
     (response,) = await infer(server, "raises", {"INPUT0": np.array([-5], np.int32)})
     assert response.final and response.outputs == []
     error = response.error
-    assert error is not None and error.code == ErrorCode.INVALID_ARG
+    # INTERNAL, as in Triton (HTTP 500, gRPC INTERNAL)
+    assert error is not None and error.code == ErrorCode.INTERNAL
     assert error.message.startswith(
         "Failed to process the request(s) for model 'raises_0_0', message: "
         "ValueError: negative input: [-5]"

@@ -18,6 +18,7 @@ from tests.backends.python.conftest import (
     tensor,
 )
 
+from tritium.server.errors import ErrorCode
 from tritium.server.types import InferenceRequest
 
 
@@ -48,12 +49,13 @@ async def test_sigkill_fails_in_flight_request_and_reports(server: LocalServer) 
     await execution
     final = rest[-1]
     assert final.final and final.error is not None
-    assert "Stub process 'repeat_decoupled_0_0' is not healthy" in final.error.message
-    assert "signal 9" in final.error.message
+    # Triton's message exactly; the signal is in the model's reason (below)
+    assert final.error.message == "Stub process 'repeat_decoupled_0_0' is not healthy."
 
     await _wait_for(lambda: server.failures["repeat_decoupled"])
     (reason,) = server.failures["repeat_decoupled"]
     assert "repeat_decoupled_0_0" in reason and "not healthy" in reason
+    assert "signal 9" in reason
 
     # A later request to the dead model fails at once instead of hanging.
     (late,) = await infer(server, "repeat_decoupled", {"IN": np.array([1], np.int32)})
@@ -73,10 +75,8 @@ async def test_model_that_exits_fails_its_batch(server: LocalServer) -> None:
 
     (response,) = await infer(server, "crasher", {"INPUT0": np.array([-1], np.int32)})
     assert response.error is not None
-    assert response.error.message == (
-        "Failed to process the request(s) for model 'crasher_0_0', message: "
-        "Stub process 'crasher_0_0' is not healthy (exit code 3)."
-    )
+    assert response.error.message == "Stub process 'crasher_0_0' is not healthy."
+    assert response.error.code == ErrorCode.INTERNAL
     await _wait_for(lambda: server.failures["crasher"])
     assert "exit code 3" in server.failures["crasher"][0]
     assert shm_files() == []

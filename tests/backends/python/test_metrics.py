@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 from prometheus_client import CollectorRegistry, generate_latest
-from tests.backends.python.conftest import EXAMPLES, LocalServer, infer
+from tests.backends.python.conftest import EXAMPLES, TEST_MODELS, LocalServer, infer
 
 from tritium.backends.python.metrics import PythonModelMetrics, collector_for
+from tritium.frontends.metrics import registry_metrics
+from tritium.server.errors import ErrorCode
 
 
 async def test_model_metrics_appear_in_registry() -> None:
@@ -15,10 +17,13 @@ async def test_model_metrics_appear_in_registry() -> None:
     try:
         for size in (1, 5, 50):
             await infer(server, "async_model", {"INPUT0": np.ones(size, np.float32)})
-        text = generate_latest(server.registry).decode()
+        text = registry_metrics(server.registry).decode()
         labels = 'model="async_model",version="1"'
-        assert "# TYPE async_model_requests untyped" in text  # see metrics.collect()
-        assert f"async_model_requests{{{labels}}} 3.0" in text
+        # Triton's naming: HELP, TYPE and samples all `async_model_requests` (no _total)
+        assert "# HELP async_model_requests Requests processed by async_model" in text
+        assert "# TYPE async_model_requests counter" in text
+        assert f"async_model_requests{{{labels}}} 3\n" in text
+        assert "async_model_requests_total" not in text
         assert "# TYPE async_model_request_elements histogram" in text
         assert f'async_model_request_elements_bucket{{le="10.0",{labels}}} 2.0' in text
         assert f"async_model_request_elements_count{{{labels}}} 3.0" in text
@@ -59,3 +64,21 @@ def test_family_kind_conflict_is_rejected() -> None:
         assert "already exists" in str(exc)
     else:
         raise AssertionError("a second kind for one family must fail")
+
+
+async def test_metric_of_a_dropped_family_raises_like_triton() -> None:
+    server = LocalServer()
+    await server.load(TEST_MODELS / "dropped_family")
+    try:
+        (response,) = await infer(server, "dropped_family", {"INPUT0": np.ones(2, np.float32)})
+        assert response.error is not None and response.error.code == ErrorCode.INTERNAL
+        assert response.error.message.startswith(
+            "Failed to process the request(s) for model 'dropped_family_0_0', message: "
+            "TritonModelException: Failed to increment metric value: Invalid metric operation "
+            "as the corresponding 'MetricFamily' has been deleted. The 'MetricFamily' object "
+            "should be deleted AFTER its corresponding 'Metric' objects have been deleted."
+        )
+        # the family kept on self works
+        assert 'kept_family{m="1"} 1.0' in generate_latest(server.registry).decode()
+    finally:
+        await server.close()

@@ -27,8 +27,14 @@ from tritium.backends.python.instance import StubInstance, StubSpec, response_to
 from tritium.backends.python.metrics import collector_for
 from tritium.backends.python.shm import decode, default_shm_dir
 from tritium.server.backend import BackendContext, ModelConfig, RequestTimings
-from tritium.server.errors import TritonError, internal
-from tritium.server.types import InferenceRequest, RequestedOutput, Tensor
+from tritium.server.errors import TritonError, internal, invalid_arg
+from tritium.server.types import (
+    InferenceRequest,
+    InferenceResponse,
+    RequestedOutput,
+    Tensor,
+    TruncatedBytes,
+)
 
 logger = logging.getLogger("tritium.backends.python")
 
@@ -141,6 +147,17 @@ class PythonBackend:
     async def execute(
         self, instance: int, requests: list[InferenceRequest]
     ) -> list[RequestTimings]:
+        refused = {i for i, r in enumerate(requests) if _refuse_truncated_bytes(r)}
+        runnable = [r for i, r in enumerate(requests) if i not in refused]
+        timings = iter(await self._execute(instance, runnable) if runnable else [])
+        return [
+            RequestTimings(success=False, executed=False) if i in refused else next(timings)
+            for i in range(len(requests))
+        ]
+
+    async def _execute(
+        self, instance: int, requests: list[InferenceRequest]
+    ) -> list[RequestTimings]:
         stub = self._instances[instance]
         self._in_flight += 1
         self._idle.clear()
@@ -153,11 +170,14 @@ class PythonBackend:
         if done is None:
             return [RequestTimings() for _ in requests]
         received_ns = time.monotonic_ns()
+        # execute() returned: every request executed, whatever it answered (a model's own
+        # TritonError response is a success in Triton's statistics; an exception is not).
         return [
             RequestTimings(
                 compute_input_ns=max(0, done.start_ns - sent_ns),
                 compute_infer_ns=max(0, done.end_ns - done.start_ns),
                 compute_output_ns=max(0, received_ns - done.end_ns),
+                success=done.error is None,
             )
             for _ in requests
         ]
@@ -279,6 +299,28 @@ class PythonBackend:
                 else p.WireError(f"{type(exc).__name__}: {exc}", "INTERNAL")
             )
             instance.post(p.CallReply(call=message.call, error=error))
+
+
+def _refuse_truncated_bytes(request: InferenceRequest) -> bool:
+    """Triton's python backend refuses a BYTES input whose last element is cut short (the
+    core only counts elements); answer the request with its message."""
+    for tensor in request.inputs.values():
+        if tensor.datatype != "BYTES" or tensor.data.size == 0:
+            continue
+        last = tensor.data.reshape(-1)[-1]
+        if isinstance(last, TruncatedBytes):
+            request.send(
+                InferenceResponse(
+                    error=invalid_arg(
+                        f"incomplete string data for inference input '{tensor.name}', "
+                        f"expecting string of length {last.declared_length} but only "
+                        f"{len(last)} bytes available"
+                    ),
+                    final=True,
+                )
+            )
+            return True
+    return False
 
 
 class PythonBackendFactory:

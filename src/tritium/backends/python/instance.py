@@ -211,7 +211,8 @@ class StubInstance:
         if done is None:
             return sent_ns, None
         if done.error is not None:
-            error = TritonError(done.error, ErrorCode.INVALID_ARG)
+            # An exception raised by execute(): INTERNAL, as in Triton (HTTP 500).
+            error = TritonError(done.error, ErrorCode.INTERNAL)
             for key, entry in list(self._open.items()):
                 if entry.batch == batch:
                     del self._open[key]
@@ -326,13 +327,15 @@ class StubInstance:
         if self.stopping or not was_alive:
             return
         reason = self._unhealthy_message(returncode)
-        self._fail_all(reason)
+        self._fail_all(self._unhealthy_message())
         sweep(self.spec.shm_dir, self.spec.shm_prefix)
         if self._cancel_task is not None:
             self._cancel_task.cancel()
         self._on_death(self, reason)
 
     def _unhealthy_message(self, returncode: int | None = None) -> str:
+        """Triton's message for requests to a dead stub (exactly this, no exit code); with
+        `returncode` the longer reason reported for the model's state."""
         detail = ""
         if returncode is not None:
             detail = (
@@ -343,10 +346,7 @@ class StubInstance:
         return f"Stub process '{self.name}' is not healthy{detail}."
 
     def _fail(self, requests: list[InferenceRequest], reason: str) -> None:
-        error = TritonError(
-            f"Failed to process the request(s) for model '{self.name}', message: {reason}",
-            ErrorCode.INTERNAL,
-        )
+        error = TritonError(reason, ErrorCode.INTERNAL)
         for request in requests:
             request.send(InferenceResponse(error=error, final=True))
 

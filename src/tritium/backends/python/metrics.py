@@ -137,10 +137,9 @@ class PythonModelMetrics(Collector):
                 for n, d, k, ms in families
             ]
         for name, description, kind, metrics in snapshot:
-            # Triton's series name is the family name itself; prometheus_client renders a
-            # "counter" family as <name>_total, so counters are exposed untyped instead
-            # (PromQL's rate() does not care about the TYPE line).
-            family = PromMetric(name, description, "unknown" if kind == "counter" else kind)
+            # Triton's naming: a counter's samples are named exactly as its family (no
+            # `_total`); the metrics frontend writes such families itself.
+            family = PromMetric(name, description, kind)
             for labels, value, buckets, counts, count in metrics:
                 if kind == "histogram":
                     for bound, bucket_count in zip(buckets, counts, strict=True):

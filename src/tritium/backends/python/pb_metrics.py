@@ -7,6 +7,7 @@ in the server's Prometheus registry (so they appear on /metrics) and updated by 
 from __future__ import annotations
 
 import sys
+import weakref
 
 from tritium.backends.python import runtime
 from tritium.backends.python.pb_errors import TritonModelException
@@ -55,8 +56,19 @@ class Logger:
         Logger.log(message, LogLevel.VERBOSE)
 
 
+_FAMILY_DELETED = (
+    "Invalid metric operation as the corresponding 'MetricFamily' has been deleted. The "
+    "'MetricFamily' object should be deleted AFTER its corresponding 'Metric' objects have "
+    "been deleted."
+)
+
+
 class Metric:
-    """One labelled metric of a family; created by `MetricFamily.Metric(labels)`."""
+    """One labelled metric of a family; created by `MetricFamily.Metric(labels)`.
+
+    As in Triton, a Metric does not keep its family alive: once the MetricFamily object
+    is garbage-collected every operation on the metric raises TritonModelException (keep
+    the family on `self` in initialize())."""
 
     def __init__(
         self,
@@ -67,6 +79,7 @@ class Metric:
         if family._kind == MetricFamily.HISTOGRAM and not buckets:
             raise TritonModelException("histogram metrics need buckets")
         self._kind = family._kind
+        self._family = weakref.ref(family)
         self._id: int = runtime.current().call(
             "metric",
             family=family._name,
@@ -74,7 +87,12 @@ class Metric:
             buckets=[float(b) for b in buckets] if buckets else None,
         )
 
+    def _check_family(self, action: str) -> None:
+        if self._family() is None:
+            raise TritonModelException(f"Failed to {action} metric value: {_FAMILY_DELETED}")
+
     def increment(self, value: float) -> None:
+        self._check_family("increment")
         if self._kind == MetricFamily.HISTOGRAM:
             raise TritonModelException("increment() is not supported for histograms")
         if self._kind == MetricFamily.COUNTER and value < 0:
@@ -85,16 +103,19 @@ class Metric:
         runtime.current().update_metric(self._id, "increment", float(value))
 
     def set(self, value: float) -> None:
+        self._check_family("set")
         if self._kind != MetricFamily.GAUGE:
             raise TritonModelException("set() is only supported for gauges")
         runtime.current().update_metric(self._id, "set", float(value))
 
     def observe(self, value: float) -> None:
+        self._check_family("observe")
         if self._kind != MetricFamily.HISTOGRAM:
             raise TritonModelException("observe() is only supported for histograms")
         runtime.current().update_metric(self._id, "observe", float(value))
 
     def value(self) -> float:
+        self._check_family("get")
         return float(runtime.current().call("metric_value", metric=self._id))
 
 

@@ -113,7 +113,10 @@ class Stub:
         return p.to_stub_decoder.decode(body)
 
     def _post(self, message: Any) -> None:
-        data = p.frame(message)
+        self._post_frames([p.frame(message)])
+
+    def _post_frames(self, frames: list[bytes]) -> None:
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
         with self._write_lock:
             self._sock.sendall(data)
 
@@ -216,6 +219,9 @@ class Stub:
 
     async def _run_batch(self, message: p.Execute) -> None:
         requests = [self._to_request(w) for w in message.requests]
+        # The returned responses and ExecuteDone leave in one write: one wake-up of the
+        # server per batch instead of one per message.
+        frames: list[bytes] = []
         start = time.monotonic_ns()
         end = 0
         error: str | None = None
@@ -232,7 +238,7 @@ class Stub:
             # Sending the returned responses is compute_output, not compute_infer.
             end = time.monotonic_ns()
             if result is not None:
-                self._send_returned(requests, result)
+                self._send_returned(requests, result, frames)
         except BaseException as exc:
             error = self._execute_error(exc)
             # The server answers every request still open with this error.
@@ -245,11 +251,11 @@ class Stub:
                         and request._sender
                     ):
                         request._sender._closed = True
-        self._post(
-            p.ExecuteDone(
-                batch=message.batch, start_ns=start, end_ns=end or time.monotonic_ns(), error=error
-            )
+        done = p.ExecuteDone(
+            batch=message.batch, start_ns=start, end_ns=end or time.monotonic_ns(), error=error
         )
+        frames.append(p.frame(done))
+        self._post_frames(frames)
 
     def _execute_error(self, exc: BaseException) -> str:
         return (
@@ -261,12 +267,14 @@ class Stub:
         try:
             await coroutine
         except BaseException as exc:
-            error = TritonError(self._execute_error(exc), TritonError.INVALID_ARG)
+            error = TritonError(self._execute_error(exc), TritonError.INTERNAL)
             for request in requests:
                 if request._key in self._open:
                     self.send_response(request, InferenceResponse([], error=error), True)
 
-    def _send_returned(self, requests: list[InferenceRequest], responses: Any) -> None:
+    def _send_returned(
+        self, requests: list[InferenceRequest], responses: Any, frames: list[bytes]
+    ) -> None:
         if not isinstance(responses, list | tuple):
             raise TritonModelException("Expected a list in the execute return")
         if len(responses) != len(requests):
@@ -282,7 +290,7 @@ class Stub:
                 raise TritonModelException(
                     "Expected an 'InferenceResponse' object in the execute function return list"
                 )
-            self.send_response(request, response, True)
+            self.send_response(request, response, True, frames)
 
     # -- StubServices (what pb_utils calls) -----------------------------------------------
     def _encode_response(self, response: InferenceResponse, wanted: list[str]) -> p.WireResponse:
@@ -298,8 +306,13 @@ class Stub:
         return p.WireResponse(outputs=outputs, error=wire_error, parameters=response.parameters())
 
     def send_response(
-        self, request: InferenceRequest, response: InferenceResponse | None, final: bool
+        self,
+        request: InferenceRequest,
+        response: InferenceResponse | None,
+        final: bool,
+        frames: list[bytes] | None = None,
     ) -> None:
+        """Send one response now, or append its frame to `frames` (sent by the caller)."""
         key = request._key
         assert key is not None
         wire = (
@@ -312,7 +325,11 @@ class Stub:
                 self._open.pop(key, None)
             if request._sender is not None:
                 request._sender._closed = True
-        self._post(p.Respond(key=key, response=wire, final=final))
+        message = p.Respond(key=key, response=wire, final=final)
+        if frames is not None:
+            frames.append(p.frame(message))
+        else:
+            self._post(message)
 
     def bls(self, request: InferenceRequest) -> Iterator[InferenceResponse]:
         assert self._writer is not None

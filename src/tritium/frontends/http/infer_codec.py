@@ -3,12 +3,15 @@ tensor data extension (JSON header + raw tensors; `Inference-Header-Content-Leng
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 import numpy as np
+from tritonclient.grpc import model_config_pb2
 
+from tritium.frontends.http import json_parse
 from tritium.frontends.tensor_codec import (
     array_from_json,
     array_from_raw,
@@ -16,7 +19,15 @@ from tritium.frontends.tensor_codec import (
     array_to_raw,
 )
 from tritium.server.errors import TritonError, internal, invalid_arg, unsupported
-from tritium.server.types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
+from tritium.server.input_order import triton_input_order
+from tritium.server.types import (
+    TRITON_TO_NUMPY,
+    InferenceRequest,
+    InferenceResponse,
+    RequestedOutput,
+    Tensor,
+    config_to_wire_dtype,
+)
 
 _RESERVED_PARAMETERS = {"sequence_id", "sequence_start", "sequence_end", "priority", "timeout"}
 SEQUENCE_START, SEQUENCE_END = 1, 2
@@ -34,23 +45,38 @@ class OutputFormat:
 
 
 def decode_json(data: bytes | memoryview) -> Any:
-    """Parse a request JSON document; parse errors are INTERNAL, as Triton's TritonJson."""
-    try:
-        return msgspec.json.decode(data)
-    except msgspec.DecodeError as e:
-        raise internal(f"failed to parse the request JSON buffer: {e}") from None
+    """Parse a request JSON document; parse errors are INTERNAL with RapidJSON's message,
+    as Triton's TritonJson reports them."""
+    return json_parse.loads(data)
+
+
+# TritonJson's accessor errors (triton/common/triton_json.h)
+def not_member(key: str) -> TritonError:
+    return internal(
+        f"Unable to parse '{key}': attempt to access non-existing object member '{key}'"
+    )
+
+
+def not_kind(key: str, kind: str, what: str | None = None) -> TritonError:
+    return internal(f"Unable to parse '{key}': attempt to access JSON non-{kind} as {what or kind}")
+
+
+def _atoi(value: str) -> int:
+    """C's atoi: leading blanks, a sign, the digits that follow; 0 when there are none."""
+    m = _ATOI.match(value)
+    return int(m.group(0)) if m else 0
+
+
+_ATOI = re.compile(r"\s*[+-]?\d+")
 
 
 def parse_header_length(value: str | None, body_length: int) -> int:
-    """The `Inference-Header-Content-Length` header; absent means the whole body is JSON."""
+    """The `Inference-Header-Content-Length` header, read with atoi as Triton does; absent
+    means the whole body is JSON. 0 (or a value that is not a number) means a raw binary
+    request: the whole body is the data of the model's single input."""
     if value is None:
         return body_length
-    try:
-        parsed = int(value)
-    except ValueError:
-        raise invalid_arg(
-            f"Unable to parse Inference-Header-Content-Length, got: {value}"
-        ) from None
+    parsed = _atoi(value)
     if parsed < 0 or parsed > body_length:
         raise invalid_arg(
             f"inference header size should be in range (0, {body_length}), got: {value}"
@@ -59,7 +85,8 @@ def parse_header_length(value: str | None, body_length: int) -> int:
 
 
 def check_parameter_value(key: str, value: Any) -> None:
-    if isinstance(value, bool | int | str):
+    # Triton 2.51 takes double parameters too, although its message names three types.
+    if isinstance(value, bool | int | str | float):
         return
     raise invalid_arg(
         f"parameter '{key}' has invalid type. It should be either 'int', 'bool', or 'string'."
@@ -68,15 +95,15 @@ def check_parameter_value(key: str, value: Any) -> None:
 
 def _uint(params: dict[str, Any], key: str) -> int:
     value = params[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise internal(f"Unable to parse '{key}': attempt to access JSON non-unsigned-integer")
+    if type(value) is not int or not 0 <= value < 2**64:
+        raise not_kind(key, "unsigned-integer")
     return value
 
 
 def _bool(params: dict[str, Any], key: str) -> bool:
     value = params[key]
     if not isinstance(value, bool):
-        raise internal(f"Unable to parse '{key}': attempt to access JSON non-boolean as boolean")
+        raise not_kind(key, "boolean")
     return value
 
 
@@ -142,94 +169,163 @@ def _content_kind(io: dict[str, Any]) -> str:
 
 
 def _shape(io: dict[str, Any]) -> list[int]:
-    shape = io.get("shape")
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
-        raise internal("Unable to parse 'shape'")
+    if "shape" not in io:
+        raise not_member("shape")
+    shape = io["shape"]
+    if not isinstance(shape, list):
+        raise not_kind("shape", "array")
+    for d in shape:
+        if type(d) is not int or not 0 <= d < 2**64:
+            raise not_kind("shape", "unsigned-integer")
     return shape
 
 
 def _string(io: dict[str, Any], key: str) -> str:
-    value = io.get(key)
+    if key not in io:
+        raise not_member(key)
+    value = io[key]
     if not isinstance(value, str):
-        raise internal(f"Unable to parse '{key}'")
+        raise not_kind(key, "string")
     return value
+
+
+def parse_raw_request(
+    body: bytes, model_name: str, model_version: int, config: Any
+) -> tuple[InferenceRequest, OutputFormat]:
+    """Triton's raw binary request: the whole body is the data of the model's only input,
+    its datatype and shape deduced from the model configuration."""
+    req = InferenceRequest(model_name=model_name, model_version=model_version)
+    prefix = f"[request id: {req.log_id}] "
+    if len(config.input) != 1:
+        raise invalid_arg(
+            f"{prefix}Raw request must only have 1 input (found 1) to be deduced but got "
+            f"{len(config.input)} inputs in '{model_name}' model configuration"
+        )
+    spec = config.input[0]
+    datatype = config_to_wire_dtype(model_config_pb2.DataType.Name(spec.data_type))
+    shape = [1] if config.max_batch_size > 0 else []
+    dynamic, fixed = -1, 1
+    for d in spec.dims:
+        if d == -1:
+            if dynamic != -1:
+                raise invalid_arg(
+                    f"{prefix}The shape of the raw input '{spec.name}' can not be deduced "
+                    "because there are more than one variable-sized dimension"
+                )
+            dynamic = len(shape)
+        else:
+            fixed *= d
+        shape.append(d)
+    if datatype == "BYTES":
+        if dynamic != -1 or fixed != 1:
+            raise invalid_arg(
+                f"{prefix}For BYTE datatype raw input '{spec.name}', the model must have "
+                "input shape [1]"
+            )
+        data = np.empty(1, dtype=np.object_)
+        data[0] = bytes(body)
+        data = data.reshape(shape)
+    else:
+        if dynamic != -1:
+            itemsize = np.dtype(TRITON_TO_NUMPY[datatype]).itemsize
+            shape[dynamic] = len(body) // itemsize // fixed if fixed else 0
+        data = array_from_raw(spec.name, datatype, shape, body, model_name, req.log_id)
+    req.inputs[spec.name] = Tensor(spec.name, datatype, data)
+    return req, OutputFormat()
+
+
+@dataclass
+class _RawInput:
+    name: str
+    datatype: str
+    shape: list[int]
+    raw: memoryview
+    params: dict[str, Any]
 
 
 def parse_infer_request(
     body: bytes, header_length: int, model_name: str, model_version: int = -1
 ) -> tuple[InferenceRequest, OutputFormat]:
     """A /infer body (JSON header of `header_length` bytes + binary tensors) -> request."""
-    if header_length == 0:
-        raise invalid_arg(
-            "must specify valid 'Infer-Header-Content-Length' in request header and "
-            "'binary_data_size' when passing inputs in binary data format"
-        )
     view = memoryview(body)
-    doc = decode_json(view[:header_length])
+    doc = decode_json(view[:header_length] if header_length != len(body) else body)
     if not isinstance(doc, dict):
-        raise internal("Unable to parse 'inputs'")
+        raise not_member("inputs")
     req = InferenceRequest(model_name=model_name, model_version=model_version)
     if "id" in doc:
         if not isinstance(doc["id"], str):
-            raise internal("Unable to parse 'id'")
+            raise not_kind("id", "string")
         req.id = doc["id"]
     fmt = OutputFormat()
     if "parameters" in doc:
         fmt.default_binary = apply_request_parameters(req, doc["parameters"])
 
-    inputs = doc.get("inputs")
+    if "inputs" not in doc:
+        raise not_member("inputs")
+    inputs = doc["inputs"]
     if not isinstance(inputs, list):
-        raise internal("Unable to parse 'inputs'")
+        raise not_kind("inputs", "array")
     offset = header_length
+    raw_inputs: list[_RawInput] = []
     for io in inputs:
         if not isinstance(io, dict):
-            raise internal("Unable to parse 'inputs'")
+            raise internal("attempt to access JSON non-object as object")
         kind = _content_kind(io)
         name = _string(io, "name")
         datatype = _string(io, "datatype")
         shape = _shape(io)
-        if name in req.inputs:
-            raise invalid_arg(f"input '{name}' already exists in request")
+        if name in req.inputs or any(r.name == name for r in raw_inputs):
+            raise invalid_arg(
+                f"[request id: {req.log_id}] input '{name}' already exists in request"
+            )
         params = io.get("parameters") or {}
         if kind == "binary":
             size = params["binary_data_size"]
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-                raise internal("Unable to parse 'binary_data_size'")
+                raise not_kind("binary_data_size", "unsigned-integer")
             available = len(body) - offset
             if size > available:
                 raise invalid_arg(
                     f"unexpected size for input '{name}', expecting {size - available} "
                     f"additional bytes for model '{model_name}'"
                 )
-            data = array_from_raw(
-                name, datatype, shape, view[offset : offset + size], model_name, req.log_id
+            tensor_params = {k: v for k, v in params.items() if k != "binary_data_size"}
+            raw_inputs.append(
+                _RawInput(name, datatype, shape, view[offset : offset + size], tensor_params)
             )
             offset += size
-        elif kind == "shm":
+            continue
+        if kind == "shm":
             raise invalid_arg(
                 f"Unable to find shared memory region: '{params['shared_memory_region']}'"
             )
-        else:
-            data = array_from_json(name, datatype, shape, io["data"])
-        tensor_params = {k: v for k, v in params.items() if k != "binary_data_size"}
-        req.inputs[name] = Tensor(name, datatype, data, tensor_params)
+        data = array_from_json(name, datatype, shape, io["data"])
+        req.inputs[name] = Tensor(name, datatype, data, dict(params))
     if offset != len(body):
         raise invalid_arg(f"unexpected additional input data for model '{model_name}'")
+    # Triton's core checks the sizes of binary inputs once the whole request is read, in
+    # the order of its inputs' unordered_map.
+    by_name = {r.name: r for r in raw_inputs}
+    order = triton_input_order([*req.inputs, *by_name]) if len(raw_inputs) > 1 else list(by_name)
+    decoded = {
+        r.name: array_from_raw(r.name, r.datatype, r.shape, r.raw, model_name, req.log_id)
+        for r in (by_name[n] for n in order if n in by_name)
+    }
+    for r in raw_inputs:
+        req.inputs[r.name] = Tensor(r.name, r.datatype, decoded[r.name], r.params)
 
     if "outputs" in doc:
         outputs = doc["outputs"]
         if not isinstance(outputs, list):
-            raise internal("Unable to parse 'outputs'")
+            raise not_kind("outputs", "array")
         req.requested_outputs = []
         for out in outputs:
             if not isinstance(out, dict):
-                raise internal("Unable to parse 'outputs'")
+                raise internal("attempt to access JSON non-object as object")
             name = _string(out, "name")
             params = out.get("parameters") or {}
             if not isinstance(params, dict):
-                raise internal("Unable to parse 'parameters'")
+                raise not_kind("parameters", "object")
             if "shared_memory_region" in params:
                 raise invalid_arg(
                     f"Unable to find shared memory region: '{params['shared_memory_region']}'"
@@ -238,9 +334,9 @@ def parse_infer_request(
                 raise unsupported("classification outputs are not supported")
             binary = params.get("binary_data", False)
             if not isinstance(binary, bool):
-                raise internal("Unable to parse 'binary_data'")
+                raise not_kind("binary_data", "boolean")
             fmt.binary[name] = binary
-            extra = {k: v for k, v in params.items() if k != "binary_data"}
+            extra = {k: v for k, v in params.items() if k != "binary_data"} if params else {}
             req.requested_outputs.append(RequestedOutput(name, extra))
     return req, fmt
 
