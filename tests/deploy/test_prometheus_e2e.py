@@ -40,8 +40,6 @@ GPU_METRICS = {m for m in NV_METRICS if m.startswith(("nv_gpu_", "nv_energy_"))}
 
 @pytest.fixture(scope="module")
 def tritium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
-    if not (PYTHON_MODELS / "add_sub").is_dir():
-        pytest.skip("examples/python_models/add_sub is not there")
     repo = tmp_path_factory.mktemp("repo")
     shutil.copytree(PYTHON_MODELS / "add_sub", repo / "add_sub")
     ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}

@@ -71,8 +71,6 @@ def start_replica(repo: Path, log: Path) -> tuple[subprocess.Popen, int]:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[dict]:
-    if not (PYTHON_MODELS / "add_sub").is_dir():
-        pytest.skip("examples/python_models/add_sub is not there")
     nginx = ensure_debian_tool("nginx", "nginx")
     repo = tmp_path / "repo"
     shutil.copytree(PYTHON_MODELS / "add_sub", repo / "add_sub")

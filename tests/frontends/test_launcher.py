@@ -11,13 +11,8 @@ import threading
 from pathlib import Path
 
 import httpx
-import pytest
 
 from .conftest import PYTHON_MODELS, ROOT, free_port, start_server
-
-pytestmark = pytest.mark.skipif(
-    not (PYTHON_MODELS / "add_sub").is_dir(), reason="no example models"
-)
 
 
 def test_explicit_mode_repository_api(tmp_path: Path) -> None:

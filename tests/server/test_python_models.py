@@ -14,19 +14,6 @@ from tritium.server.core import InferenceServer
 from tritium.server.options import ServerOptions
 from tritium.server.types import InferenceRequest, Tensor
 
-
-def _python_backend_available() -> bool:
-    try:
-        from tritium.server.backends import get_factory
-
-        get_factory("python")
-    except Exception:
-        return False
-    return True
-
-
-pytestmark = pytest.mark.skipif(not _python_backend_available(), reason="python backend missing")
-
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "python_models"
 
 
