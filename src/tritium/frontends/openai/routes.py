@@ -129,7 +129,7 @@ def _output(r: InferenceResponse) -> Any:
 async def _complete(request: Request, ireq: InferenceRequest, server: Any) -> Any:
     """Non-streaming: the single final RequestOutput (None when the client went away)."""
     try:
-        responses = await collect_responses(request, ResponseStream(ireq, server.infer(ireq)))
+        responses = await collect_responses(request, ireq, server.infer(ireq))
     except ClientDisconnected:
         return None
     final = None
