@@ -8,11 +8,10 @@ from typing import Any
 
 import pytest
 
+from serving import RunningServer, free_port, tritium
 from tritium.client.bench import compute_metrics, format_table
 from tritium.client.datasets import BenchRequest, random_dataset
 from tritium.client.metrics import RequestRecord
-
-from .conftest import Server, free_port, tritium
 
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
 
@@ -86,7 +85,7 @@ def check_result(result: dict[str, Any], num_prompts: int) -> None:
     assert result["mean_ttft_ms"] <= result["mean_e2el_ms"]
 
 
-def test_bench_grpc_random_dataset(server: Server, tmp_path: Path) -> None:
+def test_bench_grpc_random_dataset(server: RunningServer, tmp_path: Path) -> None:
     result = bench_json(
         tmp_path, "--backend", "triton-grpc", "--model", "fake_llm", "--url", server.grpc,
         "--dataset", "random", "--num-prompts", "8", "--random-input-len", "6",
@@ -102,7 +101,7 @@ def test_bench_grpc_random_dataset(server: Server, tmp_path: Path) -> None:
     assert result["max_concurrency"] == 4 and result["num_warmups"] == 2
 
 
-def test_bench_http_prompts_file_at_a_request_rate(server: Server, tmp_path: Path) -> None:
+def test_bench_http_prompts_file_at_a_request_rate(server: RunningServer, tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("one two three\nfour five\n", encoding="utf-8")
     result = bench_json(
@@ -117,7 +116,7 @@ def test_bench_http_prompts_file_at_a_request_rate(server: Server, tmp_path: Pat
     assert result["request_rate"] == 50
 
 
-def test_bench_unknown_model_or_unreachable_server(server: Server, tmp_path: Path) -> None:
+def test_bench_unknown_model_or_unreachable_server(server: RunningServer, tmp_path: Path) -> None:
     done = tritium("bench", "--model", "nope", "--url", server.grpc, "--num-prompts", "1")
     assert done.returncode == 2 and "model 'nope' is not available" in done.stderr
     url = f"127.0.0.1:{free_port()}"
@@ -126,7 +125,7 @@ def test_bench_unknown_model_or_unreachable_server(server: Server, tmp_path: Pat
     assert "Traceback" not in done.stderr
 
 
-def test_bench_counts_failed_requests(server: Server, tmp_path: Path) -> None:
+def test_bench_counts_failed_requests(server: RunningServer, tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("one two\n!error now\n", encoding="utf-8")
     out = tmp_path / "result.json"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from serving import RunningServer, free_port, tritium
 from tritium.client.client import (
     DEFAULT_SAMPLING,
     read_results,
@@ -17,8 +18,6 @@ from tritium.client.client import (
     write_results,
 )
 from tritium.client.metrics import RequestRecord
-
-from .conftest import Server, free_port, tritium
 
 PROMPTS = ["the quick brown fox", "jumps over", "the lazy dog today"]
 
@@ -94,7 +93,12 @@ def prompts_file(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("model", ["fake_llm", "fake_llm_seed"])
 @pytest.mark.parametrize("streaming", [True, False], ids=["streaming", "whole"])
 def test_client_writes_every_answer_in_order(
-    server: Server, prompts_file: Path, tmp_path: Path, protocol: str, model: str, streaming: bool
+    server: RunningServer,
+    prompts_file: Path,
+    tmp_path: Path,
+    protocol: str,
+    model: str,
+    streaming: bool,
 ) -> None:
     results = tmp_path / "results.txt"
     url = server.grpc if protocol == "grpc" else server.http
@@ -121,7 +125,7 @@ def test_client_writes_every_answer_in_order(
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_a_failed_request_fails_the_run_and_keeps_its_place(
-    server: Server, tmp_path: Path, protocol: str
+    server: RunningServer, tmp_path: Path, protocol: str
 ) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("one two\n!error please\nthree four five\n", encoding="utf-8")
@@ -140,7 +144,7 @@ def test_a_failed_request_fails_the_run_and_keeps_its_place(
     assert "Traceback" not in done.stderr
 
 
-def test_stream_timeout_fails_the_slow_request(server: Server, tmp_path: Path) -> None:
+def test_stream_timeout_fails_the_slow_request(server: RunningServer, tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("slow answer\n", encoding="utf-8")
     done = tritium(
@@ -156,7 +160,7 @@ def test_stream_timeout_fails_the_slow_request(server: Server, tmp_path: Path) -
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_unknown_model_exits_with_a_clear_message(
-    server: Server, prompts_file: Path, tmp_path: Path, protocol: str
+    server: RunningServer, prompts_file: Path, tmp_path: Path, protocol: str
 ) -> None:
     url = server.grpc if protocol == "grpc" else server.http
     done = tritium(

@@ -10,9 +10,10 @@ from tritonclient.utils import serialize_byte_tensor
 
 from tritium.client.conventions import SEED, VLLM, build_request, detect_convention
 from tritium.client.transports import TransportOptions, make_transport, sampling_parameters_for
+from tritium.client.transports.http_sse import base_url
 from tritium.client.transports.openai_http import OpenAITransport, decode_chunk
 from tritium.client.transports.triton_grpc import decode_response, encode_request
-from tritium.client.transports.triton_http import base_url, decode_event
+from tritium.client.transports.triton_http import decode_event
 
 
 def test_grpc_request_is_raw_tensors_with_empty_final_response() -> None:

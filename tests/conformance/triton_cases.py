@@ -84,6 +84,22 @@ def _binary_body(header: dict[str, Any], *blobs: bytes) -> tuple[bytes, dict[str
     }
 
 
+def _string_identity_binary(name: str, shape: int, size: int, payload: bytes) -> HttpCase:
+    """A binary-data infer of string_identity's BYTES INPUT0 (`size` bytes declared)."""
+    header = {
+        "inputs": [
+            {
+                "name": "INPUT0",
+                "datatype": "BYTES",
+                "shape": [shape],
+                "parameters": {"binary_data_size": size},
+            }
+        ]
+    }
+    body, headers = _binary_body(header, payload)
+    return HttpCase(name, "POST", "/v2/models/string_identity/infer", content=body, headers=headers)
+
+
 def _add_sub_inputs(
     a: list[float] | None = None,
     b: list[float] | None = None,
@@ -736,94 +752,25 @@ def http_cases() -> list[HttpCase]:
             headers={**headers, "Inference-Header-Content-Length": "10"},
         )
     )
-    body, headers = _binary_body(
-        {
-            "inputs": [
-                {
-                    "name": "INPUT0",
-                    "datatype": "BYTES",
-                    "shape": [2],
-                    "parameters": {"binary_data_size": 4 + 2 + 4 + 3},
-                }
-            ]
-        },
-        struct.pack("<I", 2) + b"ab" + struct.pack("<I", 30) + b"cde",
-    )
     add(
-        HttpCase(
+        _string_identity_binary(
             "binary_bytes_bad_length_prefix",
-            "POST",
-            "/v2/models/string_identity/infer",
-            content=body,
-            headers=headers,
+            2,
+            4 + 2 + 4 + 3,
+            struct.pack("<I", 2) + b"ab" + struct.pack("<I", 30) + b"cde",
         )
-    )
-    body, headers = _binary_body(
-        {
-            "inputs": [
-                {
-                    "name": "INPUT0",
-                    "datatype": "BYTES",
-                    "shape": [3],
-                    "parameters": {"binary_data_size": 4 + 2 + 4 + 3},
-                }
-            ]
-        },
-        _bytes_tensor([b"ab", b"cde"]),
     )
     add(
-        HttpCase(
-            "binary_bytes_too_few_elements",
-            "POST",
-            "/v2/models/string_identity/infer",
-            content=body,
-            headers=headers,
+        _string_identity_binary(
+            "binary_bytes_too_few_elements", 3, 4 + 2 + 4 + 3, _bytes_tensor([b"ab", b"cde"])
         )
-    )
-    body, headers = _binary_body(
-        {
-            "inputs": [
-                {
-                    "name": "INPUT0",
-                    "datatype": "BYTES",
-                    "shape": [1],
-                    "parameters": {"binary_data_size": 4 + 2 + 4 + 3},
-                }
-            ]
-        },
-        _bytes_tensor([b"ab", b"cde"]),
     )
     add(
-        HttpCase(
-            "binary_bytes_too_many_elements",
-            "POST",
-            "/v2/models/string_identity/infer",
-            content=body,
-            headers=headers,
+        _string_identity_binary(
+            "binary_bytes_too_many_elements", 1, 4 + 2 + 4 + 3, _bytes_tensor([b"ab", b"cde"])
         )
     )
-    body, headers = _binary_body(
-        {
-            "inputs": [
-                {
-                    "name": "INPUT0",
-                    "datatype": "BYTES",
-                    "shape": [1],
-                    "parameters": {"binary_data_size": 3},
-                }
-            ]
-        },
-        b"\x01\x00\x00",
-    )
-    add(
-        HttpCase(
-            "binary_bytes_truncated_prefix",
-            "POST",
-            "/v2/models/string_identity/infer",
-            content=body,
-            headers=headers,
-        )
-    )
+    add(_string_identity_binary("binary_bytes_truncated_prefix", 1, 3, b"\x01\x00\x00"))
 
     # -- generate extension -----------------------------------------------------------------
     add(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -18,6 +17,8 @@ import numpy as np
 import pytest
 import yaml
 
+from serving import free_port, start_server, stop_process, wait_for
+
 from .helpers import (
     CHART,
     DASHBOARD,
@@ -26,11 +27,8 @@ from .helpers import (
     adapter_query_to_promql,
     dashboard_expr_to_promql,
     ensure_debian_tool,
-    free_port,
     http_status,
     metric_names,
-    stop,
-    wait_for,
 )
 
 PYTHON_MODELS = ROOT / "examples" / "python_models"
@@ -42,29 +40,13 @@ GPU_METRICS = {m for m in NV_METRICS if m.startswith(("nv_gpu_", "nv_energy_"))}
 def tritium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
     repo = tmp_path_factory.mktemp("repo")
     shutil.copytree(PYTHON_MODELS / "add_sub", repo / "add_sub")
-    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
-    log = tmp_path_factory.mktemp("log") / "serve.log"
-    with open(log, "wb") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "tritium.cli", "serve", f"--model-repository={repo}",
-             "--http-address=127.0.0.1", f"--http-port={ports['http']}",
-             "--grpc-address=127.0.0.1", f"--grpc-port={ports['grpc']}",
-             "--metrics-address=127.0.0.1", f"--metrics-port={ports['metrics']}",
-             "--metrics-interval-ms=500"],
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    server = start_server(
+        repo, tmp_path_factory.mktemp("log"), "--metrics-interval-ms=500", ready_timeout=90
+    )
     try:
-        wait_for(
-            lambda: (
-                http_status(f"http://127.0.0.1:{ports['http']}/v2/health/ready") == 200
-                or server.poll() is not None
-            ),
-            "tritium to be ready",
-        )
-        assert server.poll() is None, log.read_text()
-        yield ports
+        yield {"http": server.http_port, "grpc": server.grpc_port, "metrics": server.metrics_port}
     finally:
-        stop(server)
+        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +80,7 @@ def prometheus(tritium: dict[str, int], tmp_path_factory: pytest.TempPathFactory
         wait_for(lambda: http_status(f"{base}/-/ready") == 200, "prometheus to be ready")
         yield base
     finally:
-        stop(process)
+        stop_process(process)
 
 
 def query(base: str, expr: str) -> list[dict[str, Any]]:

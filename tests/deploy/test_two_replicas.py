@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -15,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .helpers import ROOT, ensure_debian_tool, free_port, http_status, stop, wait_for
+from serving import free_port, start_server, stop_process, wait_for
+
+from .helpers import ROOT, ensure_debian_tool, http_status
 
 PYTHON_MODELS = ROOT / "examples" / "python_models"
 
@@ -55,18 +56,10 @@ http {{
 """
 
 
-def start_replica(repo: Path, log: Path) -> tuple[subprocess.Popen, int]:
-    http = free_port()
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tritium.cli", "serve", f"--model-repository={repo}",
-             "--http-address=127.0.0.1", f"--http-port={http}",
-             "--grpc-address=127.0.0.1", f"--grpc-port={free_port()}",
-             "--metrics-address=127.0.0.1", f"--metrics-port={free_port()}",
-             "--exit-timeout-secs=10"],
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    return process, http
+def start_replica(repo: Path, log_dir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A replica, not waited for (both start at once); its process and HTTP port."""
+    replica = start_server(repo, log_dir, "--exit-timeout-secs=10", wait_ready=False)
+    return replica.proc, replica.http_port
 
 
 @pytest.fixture
@@ -74,7 +67,7 @@ def cluster(tmp_path: Path) -> Iterator[dict]:
     nginx = ensure_debian_tool("nginx", "nginx")
     repo = tmp_path / "repo"
     shutil.copytree(PYTHON_MODELS / "add_sub", repo / "add_sub")
-    replicas = [start_replica(repo, tmp_path / f"replica{i}.log") for i in range(2)]
+    replicas = [start_replica(repo, tmp_path) for _ in range(2)]
     work = tmp_path / "nginx"
     work.mkdir()
     port = free_port()
@@ -104,10 +97,10 @@ def cluster(tmp_path: Path) -> Iterator[dict]:
         wait_for(lambda: http_status(f"http://127.0.0.1:{port}/v2/health/live") == 200, "nginx")
         yield {"replicas": replicas, "port": port, "access_log": work / "access.log"}
     finally:
-        stop(proxy)
+        stop_process(proxy)
         for process, _ in replicas:
             if process.poll() is None:
-                stop(process)
+                stop_process(process)
 
 
 def test_both_replicas_serve_and_one_can_stop_mid_run(cluster: dict) -> None:

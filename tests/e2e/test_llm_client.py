@@ -4,36 +4,31 @@ as the seed deployment runs them."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from llm_server import PROMPTS, LLMServer, start_llm_server
+
+from serving import RunningServer, tritium
+
+from .llm_server import PROMPTS, start_llm_server
 
 SEPARATOR = "\n\n=========\n\n"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LLMServer]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     s = start_llm_server(tmp_path_factory.mktemp("llm_client"))
     yield s
     s.stop()
 
 
-def tritium(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tritium.cli", *args], capture_output=True, text=True, timeout=600
-    )
-
-
-def test_client_streams_twenty_prompts_over_grpc(server: LLMServer, tmp_path: Path) -> None:
+def test_client_streams_twenty_prompts_over_grpc(server: RunningServer, tmp_path: Path) -> None:
     out = tmp_path / "out.txt"
     r = tritium(
         "client", "--model-name", "smollm2-chat", "--input-prompts", str(PROMPTS),
         "--results-file", str(out), "--streaming-mode", "-u", server.grpc,
-        "--max-tokens", "16", "--no-progress",
+        "--max-tokens", "16", "--no-progress", timeout=600,
     )  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
     answers = out.read_text().split(SEPARATOR)
@@ -42,12 +37,12 @@ def test_client_streams_twenty_prompts_over_grpc(server: LLMServer, tmp_path: Pa
     assert not any(a.startswith("ERROR") for a in answers)
 
 
-def test_bench_openai_chat_writes_json(server: LLMServer, tmp_path: Path) -> None:
+def test_bench_openai_chat_writes_json(server: RunningServer, tmp_path: Path) -> None:
     result = tmp_path / "bench.json"
     r = tritium(
         "bench", "--backend", "openai-chat", "--model", "smollm2", "--url", f"127.0.0.1:{server.http_port}",
         "--dataset-path", str(PROMPTS), "--num-prompts", "6", "--max-tokens", "8",
-        "--max-concurrency", "3", "--result-json", str(result), "--no-progress",
+        "--max-concurrency", "3", "--result-json", str(result), "--no-progress", timeout=600,
     )  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
     doc = json.loads(result.read_text())

@@ -18,15 +18,18 @@ import numpy as np
 import openai
 import pytest
 import tritonclient.grpc.aio as grpcclient
-from llm_server import LLMServer, prompts, start_llm_server
 from tritonclient.utils import InferenceServerException
+
+from serving import RunningServer
+
+from .llm_server import prompts, start_llm_server
 
 MAX_TOKENS = 16
 GREEDY = {"temperature": 0, "max_tokens": MAX_TOKENS}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LLMServer]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     # explicit mode with every model loaded: the last test reloads after a worker crash
     s = start_llm_server(
         tmp_path_factory.mktemp("llm"), "--model-control-mode", "explicit", "--load-model", "*"
@@ -95,7 +98,7 @@ async def stream_infer(
     return results
 
 
-async def test_seed_flow_twenty_prompts_streaming_and_not(server: LLMServer) -> None:
+async def test_seed_flow_twenty_prompts_streaming_and_not(server: RunningServer) -> None:
     texts = prompts()
     assert len(texts) == 20
     params = json.dumps(GREEDY)
@@ -130,7 +133,7 @@ async def test_seed_flow_twenty_prompts_streaming_and_not(server: LLMServer) -> 
     assert sum(a == b for a, b in zip(by_mode[False], by_mode[True], strict=True)) >= 18
 
 
-async def test_vllm_flow_grpc_with_additional_outputs(server: LLMServer) -> None:
+async def test_vllm_flow_grpc_with_additional_outputs(server: RunningServer) -> None:
     inputs = [
         _bytes_input("text_input", "The capital of France is"),
         _bool_input("stream", False),
@@ -166,7 +169,7 @@ async def test_vllm_flow_grpc_with_additional_outputs(server: LLMServer) -> None
         await client.close()
 
 
-def test_vllm_flow_http_generate_and_stream(server: LLMServer) -> None:
+def test_vllm_flow_http_generate_and_stream(server: RunningServer) -> None:
     url = f"{server.http_url}/v2/models/smollm2"
     body = {
         "text_input": "Once upon a time",
@@ -186,7 +189,7 @@ def test_vllm_flow_http_generate_and_stream(server: LLMServer) -> None:
     assert full == "Once upon a time" + streamed  # greedy: same text, deltas only
 
 
-def test_bad_sampling_parameters(server: LLMServer) -> None:
+def test_bad_sampling_parameters(server: RunningServer) -> None:
     url = f"{server.http_url}/v2/models/smollm2/generate"
     for params, needle in [
         ({"temperature": "hot"}, "temperature"),
@@ -198,7 +201,7 @@ def test_bad_sampling_parameters(server: LLMServer) -> None:
         assert needle in r.json()["error"]
 
 
-async def test_bad_sampling_parameters_grpc(server: LLMServer) -> None:
+async def test_bad_sampling_parameters_grpc(server: RunningServer) -> None:
     reqs = [
         [
             _bytes_input("PROMPT", "hi"),
@@ -212,7 +215,7 @@ async def test_bad_sampling_parameters_grpc(server: LLMServer) -> None:
     assert "JSON" in err.message()
 
 
-def test_prompt_longer_than_context(server: LLMServer) -> None:
+def test_prompt_longer_than_context(server: RunningServer) -> None:
     long_prompt = "hello " * 3000  # > max_model_len 2048 tokens
     r = httpx.post(
         f"{server.http_url}/v2/models/smollm2/generate",
@@ -229,7 +232,7 @@ def test_prompt_longer_than_context(server: LLMServer) -> None:
 # -- OpenAI ---------------------------------------------------------------------------------
 
 
-def test_openai_models(server: LLMServer) -> None:
+def test_openai_models(server: RunningServer) -> None:
     c = openai.OpenAI(base_url=f"{server.http_url}/v1", api_key="x")
     assert sorted(m.id for m in c.models.list().data) == ["smollm2", "smollm2-chat"]
     assert c.models.retrieve("smollm2").id == "smollm2"
@@ -239,7 +242,7 @@ def test_openai_models(server: LLMServer) -> None:
         c.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
 
 
-def test_openai_chat(server: LLMServer) -> None:
+def test_openai_chat(server: RunningServer) -> None:
     c = openai.OpenAI(base_url=f"{server.http_url}/v1", api_key="x")
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
     r = c.chat.completions.create(
@@ -277,7 +280,7 @@ def test_openai_chat(server: LLMServer) -> None:
     assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in lp)
 
 
-def test_openai_completions(server: LLMServer) -> None:
+def test_openai_completions(server: RunningServer) -> None:
     c = openai.OpenAI(base_url=f"{server.http_url}/v1", api_key="x")
     r = c.completions.create(
         model="smollm2-chat",
@@ -317,7 +320,7 @@ def test_openai_completions(server: LLMServer) -> None:
     assert "temperature" in str(info.value)
 
 
-def test_greedy_is_deterministic(server: LLMServer) -> None:
+def test_greedy_is_deterministic(server: RunningServer) -> None:
     c = openai.OpenAI(base_url=f"{server.http_url}/v1", api_key="x")
     texts = {
         c.completions.create(
@@ -330,7 +333,7 @@ def test_greedy_is_deterministic(server: LLMServer) -> None:
     assert len(texts) == 1
 
 
-async def test_both_models_concurrently(server: LLMServer) -> None:
+async def test_both_models_concurrently(server: RunningServer) -> None:
     c = openai.AsyncOpenAI(base_url=f"{server.http_url}/v1", api_key="x")
     jobs = [
         c.completions.create(
@@ -344,7 +347,7 @@ async def test_both_models_concurrently(server: LLMServer) -> None:
     await c.close()
 
 
-def test_cancellation_frees_the_engine(server: LLMServer) -> None:
+def test_cancellation_frees_the_engine(server: RunningServer) -> None:
     body = {"text_input": "Write a long story about a dragon.", "stream": True,
             "parameters": {"max_tokens": 1500, "ignore_eos": True}}  # fmt: skip
     with httpx.stream(
@@ -371,7 +374,7 @@ def test_cancellation_frees_the_engine(server: LLMServer) -> None:
     assert metric(text, "vllm:request_success_total", "smollm2") >= 1
 
 
-def test_metrics_after_requests(server: LLMServer) -> None:
+def test_metrics_after_requests(server: RunningServer) -> None:
     text = server.metrics()
     for model in ("smollm2", "smollm2-chat"):
         for name in ("vllm:prompt_tokens_total", "vllm:generation_tokens_total",
@@ -387,7 +390,7 @@ def test_metrics_after_requests(server: LLMServer) -> None:
             assert m and float(m.group(1)) > 0, name
 
 
-def _worker_pid(server: LLMServer) -> int | None:
+def _worker_pid(server: RunningServer) -> int | None:
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -402,7 +405,7 @@ def _worker_pid(server: LLMServer) -> int | None:
     return None
 
 
-def test_killed_worker_marks_models_unavailable_then_reload(server: LLMServer) -> None:
+def test_killed_worker_marks_models_unavailable_then_reload(server: RunningServer) -> None:
     """kill -9 of the engine worker: the in-flight request fails, the server lives on,
     both models on that device turn UNAVAILABLE with the reason, and loading them again
     starts a fresh worker."""

@@ -13,7 +13,7 @@ import tritonclient.grpc.aio as aioclient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from .conftest import RunningServer
+from serving import RunningServer
 
 A = np.arange(4, dtype=np.float32).reshape(1, 4)
 B = np.full((1, 4), 2.0, dtype=np.float32)

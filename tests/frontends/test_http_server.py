@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from .conftest import MAX_INPUT_SIZE, RunningServer
+from serving import RunningServer
+
+from .conftest import MAX_INPUT_SIZE
 
 A = np.arange(4, dtype=np.float32).reshape(1, 4)
 B = np.full((1, 4), 2.0, dtype=np.float32)

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import httpx
 
-from .conftest import PYTHON_MODELS, ROOT, free_port, start_server
+from serving import ROOT, free_port
+
+from .conftest import PYTHON_MODELS, start_server
 
 
 def test_explicit_mode_repository_api(tmp_path: Path) -> None:

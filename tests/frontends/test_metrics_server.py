@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import RunningServer
+from serving import RunningServer
 
 
 def _samples(server: RunningServer) -> dict[tuple[str, tuple], float]:

@@ -298,66 +298,36 @@ def test_any_fsspec_url_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 # ---------------------------------------------------------------- end to end
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, what: str, timeout_s: float = 120.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_serve_polls_s3_and_picks_up_a_new_version(
     aws_env: str, bucket: str, tmp_path: Path
 ) -> None:
     """`tritium serve --model-repository s3://... --model-control-mode poll` against the
     S3 server: version 1 serves, then an uploaded version 2 replaces it."""
-    import subprocess
-    import sys
-
     import httpx
     import numpy as np
     import tritonclient.http as httpclient
 
+    from serving import start_server, wait_for
+
     upload_add_sub(aws_env, bucket, 1)
-    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
-    log_path = tmp_path / "serve.log"
-    with open(log_path, "wb") as log_file:
-        server = subprocess.Popen(
-            [
-                sys.executable, "-m", "tritium.cli", "serve",
-                f"--model-repository=s3://{BUCKET}/{bucket}",
-                "--model-control-mode=poll",
-                "--repository-poll-secs=0.5",
-                "--http-address=127.0.0.1", f"--http-port={http_port}",
-                "--grpc-address=127.0.0.1", f"--grpc-port={grpc_port}",
-                "--metrics-address=127.0.0.1", f"--metrics-port={metrics_port}",
-            ],
-            env=dict(os.environ),  # AWS_* and TRITIUM_CACHE_DIR from the fixtures
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    base = f"http://127.0.0.1:{http_port}"
+    server = start_server(
+        f"s3://{BUCKET}/{bucket}",
+        tmp_path,
+        "--model-control-mode=poll",
+        "--repository-poll-secs=0.5",
+        env=dict(os.environ),  # AWS_* and TRITIUM_CACHE_DIR from the fixtures
+        wait_ready=False,
+    )
 
     def status(path: str) -> int:
         try:
-            return httpx.get(base + path, timeout=2).status_code
+            return httpx.get(server.http_url + path, timeout=2).status_code
         except httpx.TransportError:
-            assert server.poll() is None, log_path.read_text()
+            assert server.proc.poll() is None, server.log()
             return 0
 
     def infer() -> np.ndarray:
-        client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
+        client = httpclient.InferenceServerClient(server.http)
         a = np.ones((1, 4), dtype=np.float32)
         b = np.full((1, 4), 10.0, dtype=np.float32)
         inputs = [httpclient.InferInput("INPUT0", [1, 4], "FP32"),
@@ -379,9 +349,4 @@ def test_serve_polls_s3_and_picks_up_a_new_version(
             lambda: status("/v2/models/add_sub/versions/1/ready") == 400, "version 1 to unload"
         )
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        server.stop()

@@ -26,15 +26,10 @@ from typing import Any
 from tqdm import tqdm
 
 from tritium.client.arrivals import arrival_times
+from tritium.client.command import connect, parse_sampling_parameters, run_command
 from tritium.client.datasets import BenchRequest, file_dataset, random_dataset
 from tritium.client.metrics import RequestRecord, flat_metrics, measure
-from tritium.client.transports import (
-    BACKENDS,
-    Transport,
-    TransportError,
-    TransportOptions,
-    make_transport,
-)
+from tritium.client.transports import BACKENDS, Transport, TransportOptions
 
 DEFAULT_URLS = {
     "triton-grpc": "localhost:8001",
@@ -230,9 +225,7 @@ def build_dataset(args: argparse.Namespace) -> list[BenchRequest]:
 def transport_options(args: argparse.Namespace) -> TransportOptions:
     params: dict[str, Any] = {}
     if args.sampling_parameters:
-        params = json.loads(args.sampling_parameters)
-        if not isinstance(params, dict):
-            raise ValueError("--sampling-parameters must be a JSON object")
+        params = parse_sampling_parameters(args.sampling_parameters)
     if args.temperature is not None:
         params["temperature"] = args.temperature
     return TransportOptions(
@@ -263,12 +256,8 @@ async def run_bench(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    transport = make_transport(args.backend, options)
-    try:
-        await transport.start()
-    except TransportError as error:
-        print(f"error: {error}", file=sys.stderr)
-        await transport.close()
+    transport = await connect(args.backend, options)
+    if transport is None:
         return 2
     try:
         if args.num_warmups > 0:
@@ -313,8 +302,4 @@ async def run_bench(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `tritium bench`."""
-    try:
-        return asyncio.run(run_bench(args))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_command(run_bench(args))

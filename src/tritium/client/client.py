@@ -34,9 +34,10 @@ from typing import Any
 
 from tqdm import tqdm
 
+from tritium.client.command import connect, parse_sampling_parameters, run_command
 from tritium.client.datasets import load_prompts
 from tritium.client.metrics import RequestRecord, measure
-from tritium.client.transports import TransportError, TransportOptions, make_transport
+from tritium.client.transports import TransportOptions
 
 RESULT_SEPARATOR = "\n\n=========\n\n"
 # The seed client's sampling parameters, kept as the default so results stay comparable.
@@ -90,9 +91,7 @@ def sampling_parameters(args: argparse.Namespace) -> dict[str, Any]:
     """The JSON (or the seed's default) with --max-tokens / --temperature applied."""
     params = dict(DEFAULT_SAMPLING)
     if args.sampling_parameters is not None:
-        params = json.loads(args.sampling_parameters)
-        if not isinstance(params, dict):
-            raise ValueError("--sampling-parameters must be a JSON object")
+        params = parse_sampling_parameters(args.sampling_parameters)
     if args.max_tokens is not None:
         params["max_tokens"] = args.max_tokens
     if args.temperature is not None:
@@ -191,12 +190,8 @@ async def run_client(args: argparse.Namespace) -> int:
         exclude_input_in_output=args.exclude_inputs_in_outputs,
         verbose=args.verbose,
     )
-    transport = make_transport(f"triton-{args.protocol}", options)
-    try:
-        await transport.start()
-    except TransportError as error:
-        print(f"error: {error}", file=sys.stderr)
-        await transport.close()
+    transport = await connect(f"triton-{args.protocol}", options)
+    if transport is None:
         return 2
     print(f"Loading inputs from `{args.input_prompts}`: {len(prompts)} prompts", file=sys.stderr)
     ids = request_ids(len(prompts), args.iterations, args.offset)
@@ -223,8 +218,4 @@ async def run_client(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `tritium client`."""
-    try:
-        return asyncio.run(run_client(args))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_command(run_client(args))

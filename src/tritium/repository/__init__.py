@@ -1,8 +1,10 @@
 """Finding models: repository layout, config.pbtxt <-> ModelConfig, version policy, storage."""
 
 from tritium.repository.model_config import (
+    config_from_dict,
     config_from_json,
     config_to_dict,
+    config_to_json,
     fill_defaults,
     parse_config_text,
     read_config,
@@ -15,8 +17,10 @@ __all__ = [
     "ModelRepository",
     "ModelSource",
     "ScanResult",
+    "config_from_dict",
     "config_from_json",
     "config_to_dict",
+    "config_to_json",
     "fill_defaults",
     "localize",
     "parse_config_text",

@@ -3,10 +3,12 @@ defaults Triton fills in so that `/config` shows what the server will actually d
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from google.protobuf import json_format, text_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from tritonclient.grpc import model_config_pb2
 
 from tritium.server.backend import ModelConfig
@@ -58,14 +60,60 @@ def config_from_json(text: str) -> ModelConfig:
     return config
 
 
+def config_from_dict(value: dict[str, Any]) -> ModelConfig:
+    """A ModelConfig from Triton's JSON object (what a model's auto_complete_config returns)."""
+    config = ModelConfig()
+    json_format.ParseDict(value, config)
+    return config
+
+
+_INT64_TYPES = {
+    FieldDescriptor.TYPE_INT64,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_FIXED64,
+    FieldDescriptor.TYPE_SFIXED64,
+}
+
+
+def _fix_int64(value: Any, field: FieldDescriptor) -> Any:
+    if field.type in _INT64_TYPES:
+        return [int(v) for v in value] if isinstance(value, list) else int(value)
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        sub = field.message_type
+        if sub.GetOptions().map_entry:
+            value_field = sub.fields_by_name["value"]
+            return {k: _fix_int64(v, value_field) for k, v in value.items()}
+        if isinstance(value, list):
+            return [_fix_message_int64(v, sub) for v in value]
+        return _fix_message_int64(value, sub)
+    return value
+
+
+def _fix_message_int64(doc: dict[str, Any], descriptor: Descriptor) -> dict[str, Any]:
+    for key, value in doc.items():
+        field = descriptor.fields_by_name.get(key)
+        if field is not None:
+            doc[key] = _fix_int64(value, field)
+    return doc
+
+
 def config_to_dict(config: ModelConfig) -> dict[str, Any]:
-    """The config as Triton's /config JSON shows it: snake_case names, every field
-    printed (defaults included), enums by name."""
-    return json_format.MessageToDict(
+    """The config as Triton's JSON shows it (`/config`, and the `model_config` a Python
+    model is given): snake_case names, every field printed (defaults included), enums by
+    name, 64-bit integers as numbers (protobuf's JSON mapping writes them as strings,
+    which would break `model_config["max_batch_size"] > 0` in user code)."""
+    doc = json_format.MessageToDict(
         config,
         preserving_proto_field_name=True,
         always_print_fields_with_no_presence=True,
     )
+    return _fix_message_int64(doc, config.DESCRIPTOR)
+
+
+def config_to_json(config: ModelConfig) -> str:
+    """config_to_dict as a JSON string."""
+    return json.dumps(config_to_dict(config))
 
 
 def detect_backend(config: ModelConfig, version_dirs: list[Path]) -> None:

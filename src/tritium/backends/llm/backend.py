@@ -211,10 +211,16 @@ class LLMBackend:
     async def _next(
         self, engine: LLMEngine, stream: RequestStream, request: InferenceRequest
     ) -> RequestOutput | None:
-        """The next output, or None when the client cancelled (the engine aborts it)."""
+        """The next output, or None when the client cancelled (the engine aborts it and the
+        request is answered CANCELLED)."""
         while True:
             if request.is_cancelled():
                 engine.abort(stream.request_id)
+                request.send(
+                    InferenceResponse(
+                        error=TritonError("Request was cancelled", ErrorCode.CANCELLED)
+                    )
+                )
                 return None
             try:
                 return await stream.get(CANCEL_POLL_S)
@@ -239,11 +245,6 @@ class LLMBackend:
         while True:
             out = await self._next(engine, stream, request)
             if out is None:
-                request.send(
-                    InferenceResponse(
-                        error=TritonError("Request was cancelled", ErrorCode.CANCELLED)
-                    )
-                )
                 return stream
             if inputs.stream or out.finished:
                 t0 = time.monotonic_ns()
@@ -282,11 +283,6 @@ class LLMBackend:
         while True:
             out = await self._next(engine, stream, request)
             if out is None:
-                request.send(
-                    InferenceResponse(
-                        error=TritonError("Request was cancelled", ErrorCode.CANCELLED)
-                    )
-                )
                 return stream
             request.send(InferenceResponse(parameters={LLM_OUTPUT: out}, final=out.finished))
             if out.finished:

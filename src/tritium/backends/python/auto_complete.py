@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from tritium.backends.python.backend import model_file_path, stub_env
-from tritium.backends.python.config_json import config_from_dict, config_to_json
+from tritium.repository.model_config import config_from_dict, config_to_json
 from tritium.server.backend import ModelConfig
 from tritium.server.errors import internal
 

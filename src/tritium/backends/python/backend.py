@@ -22,10 +22,10 @@ from tritonclient.grpc import model_config_pb2
 
 import tritium
 from tritium.backends.python import protocol as p
-from tritium.backends.python.config_json import config_to_json
 from tritium.backends.python.instance import StubInstance, StubSpec, response_to_wire
 from tritium.backends.python.metrics import collector_for
 from tritium.backends.python.shm import decode, default_shm_dir
+from tritium.repository.model_config import config_to_json
 from tritium.server.backend import BackendContext, ModelConfig, RequestTimings
 from tritium.server.errors import TritonError, internal, invalid_arg
 from tritium.server.types import (

@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Self
 
+from tritium.client.conventions import Convention, LLMRequest, build_request
+
 
 class TransportError(Exception):
     """A request or the connection failed; the message is meant for the user."""
@@ -66,9 +68,13 @@ class Transport(Protocol):
 
     async def close(self) -> None: ...
 
-    async def __aenter__(self) -> Self: ...
+    # Defaults for the transports, which subclass this protocol to inherit them.
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
 
-    async def __aexit__(self, *exc: object) -> None: ...
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
 
 BACKENDS = ("triton-grpc", "triton-http", "openai-chat", "openai-completions")
@@ -99,3 +105,17 @@ def sampling_parameters_for(options: TransportOptions, max_tokens: int | None) -
     if options.ignore_eos:
         params["ignore_eos"] = True
     return params
+
+
+def triton_request(
+    convention: Convention, options: TransportOptions, prompt: str, max_tokens: int | None
+) -> LLMRequest:
+    """One prompt's inputs in the model's convention, as the options ask (the Triton
+    transports, gRPC and HTTP)."""
+    return build_request(
+        convention,
+        prompt,
+        stream=options.streaming,
+        sampling_parameters=sampling_parameters_for(options, max_tokens),
+        exclude_input_in_output=options.exclude_input_in_output,
+    )

@@ -8,15 +8,19 @@ The stream ends with `data: [DONE]`.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import AsyncIterator
-from typing import Any, Self
+from contextlib import aclosing
+from typing import Any
 
 import httpx
-from httpx_sse import aconnect_sse
 
-from tritium.client.transports import Chunk, TransportError, TransportOptions
-from tritium.client.transports.triton_http import base_url, connect_error_message
+from tritium.client.transports import Chunk, Transport, TransportError, TransportOptions
+from tritium.client.transports.http_sse import (
+    base_url,
+    connect_error_message,
+    new_client,
+    stream_events,
+)
 
 
 def openai_error_message(response: httpx.Response, body: bytes) -> str:
@@ -47,7 +51,7 @@ def decode_chunk(data: dict[str, Any], chat: bool) -> Chunk:
     return chunk
 
 
-class OpenAITransport:
+class OpenAITransport(Transport):
     """Streams prompts to an OpenAI-compatible server (chat or completions)."""
 
     def __init__(self, options: TransportOptions, chat: bool = True) -> None:
@@ -58,19 +62,8 @@ class OpenAITransport:
         self._url = url.removesuffix("/v1")
         self._client: httpx.AsyncClient | None = None
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
     async def start(self) -> None:
-        self._client = httpx.AsyncClient(
-            base_url=self._url,
-            timeout=httpx.Timeout(None, connect=self.options.connect_timeout),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-        )
+        self._client = new_client(self._url, self.options.connect_timeout)
         try:
             response = await self._client.get("/v1/models", timeout=self.options.connect_timeout)
         except httpx.HTTPError as error:
@@ -108,28 +101,30 @@ class OpenAITransport:
             raise TransportError("transport not started")
         path = "/v1/chat/completions" if self.chat else "/v1/completions"
         headers = {"X-Request-Id": request_id} if request_id is not None else {}
-        try:
-            async with aconnect_sse(
-                self._client, "POST", path, json=self._body(prompt, max_tokens), headers=headers
-            ) as source:
-                response = source.response
-                if response.status_code != 200:
-                    raise TransportError(openai_error_message(response, await response.aread()))
-                async for event in source.aiter_sse():
-                    if self.options.verbose:
-                        print(f"[openai] id={request_id!r} {event.data}", file=sys.stderr)
-                    if event.data.strip() == "[DONE]":
-                        return
-                    if not event.data:
-                        continue
-                    data = json.loads(event.data)
-                    if "error" in data:
-                        error = data["error"]
-                        raise TransportError(
-                            str(error.get("message", error) if isinstance(error, dict) else error)
-                        )
-                    yield decode_chunk(data, self.chat)
-        except httpx.HTTPError as error:
-            raise TransportError(connect_error_message(error, self._url)) from None
-        except ValueError as error:
-            raise TransportError(f"bad event from {self._url}: {error}") from None
+
+        def decode(data_text: str) -> Chunk | None:
+            if data_text.strip() == "[DONE]":
+                return None
+            data = json.loads(data_text)
+            if "error" in data:
+                error = data["error"]
+                raise TransportError(
+                    str(error.get("message", error) if isinstance(error, dict) else error)
+                )
+            return decode_chunk(data, self.chat)
+
+        # aclosing: a consumer that stops early closes the HTTP stream now, not at GC.
+        events = stream_events(
+            self._client,
+            self._url,
+            path,
+            self._body(prompt, max_tokens),
+            decode=decode,
+            error_message=openai_error_message,
+            headers=headers,
+            verbose_tag="openai" if self.options.verbose else None,
+            request_id=request_id,
+        )
+        async with aclosing(events):
+            async for chunk in events:
+                yield chunk

@@ -17,7 +17,6 @@ import asyncio
 import sys
 from collections.abc import AsyncIterator
 from itertools import count
-from typing import Self
 
 import grpc
 import numpy as np
@@ -28,14 +27,14 @@ from tritium.client.conventions import (
     Convention,
     ConventionError,
     LLMRequest,
-    build_request,
     detect_convention,
 )
 from tritium.client.transports import (
     Chunk,
+    Transport,
     TransportError,
     TransportOptions,
-    sampling_parameters_for,
+    triton_request,
 )
 
 _END = object()  # queued after a request's final response
@@ -111,7 +110,7 @@ def decode_response(
     return chunk, final
 
 
-class TritonGrpcTransport:
+class TritonGrpcTransport(Transport):
     """Streams prompts to a Triton(-compatible) server over one gRPC bidirectional stream."""
 
     def __init__(self, options: TransportOptions) -> None:
@@ -129,13 +128,6 @@ class TritonGrpcTransport:
         # then cancels the stream rather than wait for it.
         self._abandoned = False
         self._ids = count()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     async def start(self) -> None:
         opts = self.options
@@ -180,13 +172,7 @@ class TritonGrpcTransport:
         rid = request_id if request_id is not None else f"tritium-{next(self._ids)}"
         if rid in self._pending:
             raise TransportError(f"request id '{rid}' is already in flight on this stream")
-        request = build_request(
-            self.convention,
-            prompt,
-            stream=self.options.streaming,
-            sampling_parameters=sampling_parameters_for(self.options, max_tokens),
-            exclude_input_in_output=self.options.exclude_input_in_output,
-        )
+        request = triton_request(self.convention, self.options, prompt, max_tokens)
         inbox: asyncio.Queue[object] = asyncio.Queue()
         self._pending[rid] = inbox
         finished = False

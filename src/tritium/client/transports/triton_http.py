@@ -10,27 +10,26 @@ each event is `data: {"model_name", "model_version", "text_output": ...}`. There
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import AsyncIterator
-from typing import Any, Self
+from contextlib import aclosing
+from typing import Any
 
 import httpx
-from httpx_sse import aconnect_sse
 
-from tritium.client.conventions import Convention, ConventionError, build_request, detect_convention
+from tritium.client.conventions import Convention, ConventionError, detect_convention
 from tritium.client.transports import (
     Chunk,
+    Transport,
     TransportError,
     TransportOptions,
-    sampling_parameters_for,
+    triton_request,
 )
-
-
-def base_url(url: str) -> str:
-    """`host:port` or a full URL -> `http://host:port` (no trailing slash)."""
-    if "://" not in url:
-        url = "http://" + url
-    return url.rstrip("/")
+from tritium.client.transports.http_sse import (
+    base_url,
+    connect_error_message,
+    new_client,
+    stream_events,
+)
 
 
 def error_message(response: httpx.Response, body: bytes) -> str:
@@ -42,14 +41,6 @@ def error_message(response: httpx.Response, body: bytes) -> str:
         return str(json.loads(text)["error"])
     except (ValueError, KeyError, TypeError):
         return f"HTTP {response.status_code}: {text or response.reason_phrase}"
-
-
-def connect_error_message(error: httpx.HTTPError, url: str) -> str:
-    if isinstance(error, httpx.ConnectError | httpx.ConnectTimeout):
-        return f"cannot reach a server at {url}: {error}"
-    if isinstance(error, httpx.TimeoutException):
-        return f"no answer from {url} in time: {type(error).__name__}"
-    return f"HTTP error talking to {url}: {type(error).__name__}: {error}"
 
 
 def decode_event(data: dict[str, Any], convention: Convention) -> Chunk:
@@ -69,7 +60,7 @@ def decode_event(data: dict[str, Any], convention: Convention) -> Chunk:
     return chunk
 
 
-class TritonHttpTransport:
+class TritonHttpTransport(Transport):
     """Streams prompts to a Triton(-compatible) server's generate_stream endpoint."""
 
     def __init__(self, options: TransportOptions) -> None:
@@ -78,21 +69,8 @@ class TritonHttpTransport:
         self._url = base_url(options.url)
         self._client: httpx.AsyncClient | None = None
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
     async def start(self) -> None:
-        # No read timeout on streams: a long generation is not an error (the caller
-        # bounds each request with its own timeout).
-        self._client = httpx.AsyncClient(
-            base_url=self._url,
-            timeout=httpx.Timeout(None, connect=self.options.connect_timeout),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-        )
+        self._client = new_client(self._url, self.options.connect_timeout)
         model = self.options.model
         try:
             response = await self._client.get(
@@ -117,34 +95,32 @@ class TritonHttpTransport:
     ) -> AsyncIterator[Chunk]:
         if self._client is None or self.convention is None:
             raise TransportError("transport not started")
-        request = build_request(
-            self.convention,
-            prompt,
-            stream=self.options.streaming,
-            sampling_parameters=sampling_parameters_for(self.options, max_tokens),
-            exclude_input_in_output=self.options.exclude_input_in_output,
-        )
+        request = triton_request(self.convention, self.options, prompt, max_tokens)
         body: dict[str, Any] = {v.name: v.value for v in request.inputs}
         if request_id is not None:
             body["id"] = request_id
         if request.parameters:
             body["parameters"] = request.parameters
         path = f"/v2/models/{self.options.model}/generate_stream"
-        try:
-            async with aconnect_sse(self._client, "POST", path, json=body) as source:
-                response = source.response
-                if response.status_code != 200:
-                    raise TransportError(error_message(response, await response.aread()))
-                async for event in source.aiter_sse():
-                    if self.options.verbose:
-                        print(f"[http] id={request_id!r} {event.data}", file=sys.stderr)
-                    if not event.data:
-                        continue
-                    data = json.loads(event.data)
-                    if "error" in data:
-                        raise TransportError(str(data["error"]))
-                    yield decode_event(data, self.convention)
-        except httpx.HTTPError as error:
-            raise TransportError(connect_error_message(error, self._url)) from None
-        except ValueError as error:  # json or SSE framing (httpx_sse.SSEError is one)
-            raise TransportError(f"bad event from {self._url}: {error}") from None
+        convention = self.convention
+
+        def decode(data_text: str) -> Chunk:
+            data = json.loads(data_text)
+            if "error" in data:
+                raise TransportError(str(data["error"]))
+            return decode_event(data, convention)
+
+        # aclosing: a consumer that stops early closes the HTTP stream now, not at GC.
+        events = stream_events(
+            self._client,
+            self._url,
+            path,
+            body,
+            decode=decode,
+            error_message=error_message,
+            verbose_tag="http" if self.options.verbose else None,
+            request_id=request_id,
+        )
+        async with aclosing(events):
+            async for chunk in events:
+                yield chunk

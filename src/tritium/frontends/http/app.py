@@ -27,7 +27,6 @@ from starlette.routing import BaseRoute, Route, Router
 
 from tritium.frontends.errors import as_triton_error, http_status
 from tritium.frontends.http.body import read_body
-from tritium.frontends.http.config_json import config_to_json
 from tritium.frontends.http.generate import (
     EXACTLY_ONE_RESPONSE,
     build_generate_request,
@@ -44,6 +43,7 @@ from tritium.frontends.http.infer_codec import (
     parse_raw_request,
 )
 from tritium.frontends.response_stream import ResponseStream
+from tritium.repository.model_config import config_to_dict
 from tritium.server.core import InferenceServer
 from tritium.server.errors import TritonError, internal, invalid_arg, not_found, unsupported
 from tritium.server.options import ServerOptions
@@ -168,7 +168,7 @@ class HTTPFrontend:
 
     async def model_config(self, request: Request) -> Response:
         name, version = self._model(request)
-        return json_response(config_to_json(self.server.model_config(name, version)))
+        return json_response(config_to_dict(self.server.model_config(name, version)))
 
     async def model_stats(self, request: Request) -> Response:
         params = request.path_params

@@ -235,6 +235,23 @@ def _include_usage(body: dict[str, Any]) -> bool:
     return isinstance(opts, dict) and bool(opts.get("include_usage"))
 
 
+async def _answer(
+    request: Request, server: Any, body: dict[str, Any], call: LLMCall, chat: bool, echo: str | None
+) -> Response:
+    """Run a completions or chat call: its chunks as a stream, or its one response (499
+    when the client went away first)."""
+    ireq = _inference_request(server, body, call)
+    if call.stream:
+        chunks = _Chunks(ireq.model_name, chat, call.params, echo)
+        return await _stream(ireq, server, chunks, _include_usage(body))
+    out = await _complete(request, ireq, server)
+    if out is None:
+        return Response(status_code=499)
+    if chat:
+        return _json(protocol.chat_response(out, ireq.model_name, call.params))
+    return _json(protocol.completion_response(out, ireq.model_name, call.params, echo))
+
+
 async def completions(request: Request) -> Response:
     try:
         server = _server(request)
@@ -244,14 +261,7 @@ async def completions(request: Request) -> Response:
         stream = bool(body.get("stream"))
         echo = (text or "") if body.get("echo") else None
         call = LLMCall(params=params, prompt=text, prompt_token_ids=token_ids, stream=stream)
-        ireq = _inference_request(server, body, call)
-        if stream:
-            chunks = _Chunks(ireq.model_name, False, params, echo)
-            return await _stream(ireq, server, chunks, _include_usage(body))
-        out = await _complete(request, ireq, server)
-        if out is None:
-            return Response(status_code=499)
-        return _json(protocol.completion_response(out, ireq.model_name, params, echo))
+        return await _answer(request, server, body, call, chat=False, echo=echo)
     except Exception as exc:
         return _error(as_triton_error(exc))
 
@@ -270,14 +280,7 @@ async def chat_completions(request: Request) -> Response:
             chat_template_kwargs=kwargs if isinstance(kwargs, dict) else None,
             stream=stream,
         )
-        ireq = _inference_request(server, body, call)
-        if stream:
-            chunks = _Chunks(ireq.model_name, True, params, None)
-            return await _stream(ireq, server, chunks, _include_usage(body))
-        out = await _complete(request, ireq, server)
-        if out is None:
-            return Response(status_code=499)
-        return _json(protocol.chat_response(out, ireq.model_name, params))
+        return await _answer(request, server, body, call, chat=True, echo=None)
     except Exception as exc:
         return _error(as_triton_error(exc))
 

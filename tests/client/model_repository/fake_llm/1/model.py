@@ -9,6 +9,7 @@ The tensor names follow the model's config: the vLLM convention (text_input, str
 sampling_parameters, exclude_input_in_output, return_num_*_tokens -> text_output,
 num_*_tokens) or the seed's (PROMPT, STREAM, SAMPLING_PARAMETERS -> TEXT). Without
 exclude_input_in_output, a non-streaming answer starts with the prompt, as vLLM's does.
+So this one file serves both fake_llm and fake_llm_seed (whose model.py links here).
 """
 
 import json
