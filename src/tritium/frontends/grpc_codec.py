@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from tritonclient.grpc import service_pb2
 
+from tritium.frontends import shared_memory as shm_io
 from tritium.frontends.tensor_codec import array_from_raw, array_to_raw, element_count
 from tritium.server.errors import invalid_arg
 from tritium.server.input_order import triton_input_order
@@ -118,25 +119,37 @@ def _from_contents(io: Any, model_name: str, log_id: str) -> np.ndarray:
     return np.asarray(values, dtype=dtype).reshape(shape)
 
 
-def request_from_proto(pb: Any) -> InferenceRequest:
-    """ModelInferRequest -> InferenceRequest (tensors decoded, sizes checked)."""
+def request_from_proto(pb: Any, shm: shm_io.SharedMemoryManager | None = None) -> InferenceRequest:
+    """ModelInferRequest -> InferenceRequest (tensors decoded, sizes checked). Inputs and
+    outputs with `shared_memory_*` parameters go through `shm`'s regions."""
     model_name = pb.model_name
     req = InferenceRequest(model_name=model_name, model_version=parse_version(pb.model_version))
     req.id = pb.id
     _apply_parameters(req, pb.parameters)
     raw = pb.raw_input_contents
-    # Triton ignores raw_input_contents beyond the inputs.
-    if raw and len(raw) < len(pb.inputs):
+    # Triton ignores raw_input_contents beyond the inputs; shm inputs have no entry.
+    n_raw = sum(1 for io in pb.inputs if shm_io.REGION not in io.parameters)
+    if raw and len(raw) < n_raw:
         raise invalid_arg(
-            f"[request id: {req.log_id}] expected {len(pb.inputs)} raw_input_contents entries "
+            f"[request id: {req.log_id}] expected {n_raw} raw_input_contents entries "
             f"for model '{model_name}', got {len(raw)}"
         )
     pending: list[tuple[Any, int]] = []
-    for i, io in enumerate(pb.inputs):
+    i = -1
+    for io in pb.inputs:
         if io.name in req.inputs or any(p.name == io.name for p, _ in pending):
             raise invalid_arg(
                 f"[request id: {req.log_id}] input '{io.name}' already exists in request"
             )
+        params = {k: parameter_value(v) for k, v in io.parameters.items()}
+        if shm_io.REGION in params:
+            data = shm_io.read_input(
+                shm, io.name, io.datatype, list(io.shape), params, model_name, req.log_id
+            )
+            kept = {k: v for k, v in params.items() if k not in shm_io.SHM_PARAMETERS}
+            req.inputs[io.name] = Tensor(io.name, io.datatype, data, kept)
+            continue
+        i += 1  # this input's raw_input_contents entry
         if raw:
             if io.HasField("contents"):
                 raise invalid_arg(
@@ -165,10 +178,7 @@ def request_from_proto(pb: Any) -> InferenceRequest:
         req.requested_outputs = []
         for out in pb.outputs:
             params = {k: parameter_value(v) for k, v in out.parameters.items()}
-            if "shared_memory_region" in params:
-                raise invalid_arg(
-                    f"Unable to find shared memory region: '{params['shared_memory_region']}'"
-                )
+            shm_io.check_output(shm, params)
             params.pop("binary_data", None)
             req.requested_outputs.append(RequestedOutput(out.name, params))
     return req
@@ -186,23 +196,42 @@ def _set_parameter(target: Any, key: str, value: Any) -> None:
 
 
 def response_to_proto(
-    response: InferenceResponse, request: InferenceRequest, model_name: str, model_version: int
+    response: InferenceResponse,
+    request: InferenceRequest,
+    model_name: str,
+    model_version: int,
+    shm: shm_io.SharedMemoryManager | None = None,
 ) -> Any:
-    """InferenceResponse -> ModelInferResponse with raw_output_contents."""
+    """InferenceResponse -> ModelInferResponse with raw_output_contents. Outputs requested
+    into shared memory are written there: their raw_output_contents entry stays empty (so
+    the others keep their positions) and is dropped when every output went to shm."""
     pb = service_pb2.ModelInferResponse(
         model_name=model_name, model_version=str(model_version), id=request.id
     )
     for key, value in response.parameters.items():
         _set_parameter(pb.parameters, key, value)
-    wanted = (
-        None if request.requested_outputs is None else {o.name for o in request.requested_outputs}
+    requested = (
+        None
+        if request.requested_outputs is None
+        else {o.name: o.parameters for o in request.requested_outputs}
     )
+    any_raw = False
     for t in response.outputs:
-        if wanted is not None and t.name not in wanted:
+        if requested is not None and t.name not in requested:
             continue
         out = pb.outputs.add()
         out.name = t.name
         out.datatype = t.datatype
         out.shape.extend(t.shape)
-        pb.raw_output_contents.append(array_to_raw(np.asarray(t.data), t.datatype))
+        out_params = requested.get(t.name) if requested is not None else None
+        if shm is not None and out_params and shm_io.REGION in out_params:
+            written = shm_io.write_output(shm, t.name, t.datatype, t.data, out_params)
+            for key, value in written.items():
+                _set_parameter(out.parameters, key, value)
+            pb.raw_output_contents.append(b"")
+        else:
+            pb.raw_output_contents.append(array_to_raw(np.asarray(t.data), t.datatype))
+            any_raw = True
+    if not any_raw:
+        del pb.raw_output_contents[:]
     return pb

@@ -20,6 +20,7 @@ from tritium.frontends.grpc_codec import (
     response_to_proto,
 )
 from tritium.frontends.response_stream import ResponseStream
+from tritium.frontends.shared_memory import manager_for
 from tritium.server.core import InferenceServer
 from tritium.server.errors import TritonError, unsupported
 from tritium.server.types import InferenceRequest
@@ -59,6 +60,7 @@ class GRPCInferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     def __init__(self, server: InferenceServer) -> None:
         self.server = server
+        self.shm = manager_for(server)
 
     # -- health and metadata --------------------------------------------------------------
     async def ServerLive(self, request: Any, context: Any) -> Any:
@@ -115,13 +117,13 @@ class GRPCInferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             handle = self.server.get_model(request.model_name, version)
             if handle.decoupled:
                 raise unsupported(DECOUPLED_ON_INFER)
-            ireq = request_from_proto(request)
+            ireq = request_from_proto(request, self.shm)
             responses = [r for r in await _consume(self.server, ireq) if r.outputs or r.error]
             if len(responses) != 1:
                 raise TritonError(f"expected a single response, got {len(responses)}")
             if responses[0].error is not None:
                 raise responses[0].error
-            return response_to_proto(responses[0], ireq, handle.name, handle.version)
+            return response_to_proto(responses[0], ireq, handle.name, handle.version, self.shm)
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -141,7 +143,7 @@ class GRPCInferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
                 empty_final = pb.parameters.get("triton_enable_empty_final_response")
                 send_empty_final = bool(empty_final is not None and parameter_value(empty_final))
                 handle = self.server.get_model(pb.model_name, parse_version(pb.model_version))
-                ireq = request_from_proto(pb)
+                ireq = request_from_proto(pb, self.shm)
                 stream = ResponseStream(ireq, self.server.infer(ireq))
                 async for r in stream:
                     if r.error is not None:
@@ -154,7 +156,7 @@ class GRPCInferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
                         # Triton's flag-only final response has no model_version.
                         out = service_pb2.ModelInferResponse(model_name=handle.name, id=ireq.id)
                     else:
-                        out = response_to_proto(r, ireq, handle.name, handle.version)
+                        out = response_to_proto(r, ireq, handle.name, handle.version, self.shm)
                     out.parameters["triton_final_response"].bool_param = r.final
                     queue.put_nowait(service_pb2.ModelStreamInferResponse(infer_response=out))
             except asyncio.CancelledError:
@@ -241,21 +243,29 @@ class GRPCInferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         except Exception as e:
             await _abort(context, e)
 
-    # -- shared memory: not supported (status empty, register refused) ---------------------
+    # -- system shared memory -----------------------------------------------------------
     async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
-        if request.name:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"Unable to find system shared memory region: '{request.name}'",
+        try:
+            regions = self.shm.status(request.name)
+        except TritonError as e:
+            # An unknown region is INVALID_ARGUMENT over gRPC (404 over HTTP).
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, e.message)
+        response = service_pb2.SystemSharedMemoryStatusResponse()
+        for region in regions:
+            response.regions[region["name"]].CopyFrom(
+                service_pb2.SystemSharedMemoryStatusResponse.RegionStatus(**region)
             )
-        return service_pb2.SystemSharedMemoryStatusResponse()
+        return response
 
     async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "shared memory is not supported by this server"
-        )
+        try:
+            self.shm.register(request.name, request.key, request.offset, request.byte_size)
+        except Exception as e:
+            await _abort(context, e)
+        return service_pb2.SystemSharedMemoryRegisterResponse()
 
     async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        self.shm.unregister(request.name)
         return service_pb2.SystemSharedMemoryUnregisterResponse()
 
     async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
@@ -268,7 +278,9 @@ class GRPCInferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
         await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "shared memory is not supported by this server"
+            grpc.StatusCode.UNIMPLEMENTED,
+            "CUDA shared memory is not supported by this server (no GPU tensor path); "
+            "use system shared memory",
         )
 
     async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:

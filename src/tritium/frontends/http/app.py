@@ -43,6 +43,7 @@ from tritium.frontends.http.infer_codec import (
     parse_raw_request,
 )
 from tritium.frontends.response_stream import ResponseStream
+from tritium.frontends.shared_memory import manager_for
 from tritium.repository.model_config import config_to_dict
 from tritium.server.core import InferenceServer
 from tritium.server.errors import TritonError, internal, invalid_arg, not_found, unsupported
@@ -51,6 +52,10 @@ from tritium.server.types import InferenceRequest, InferenceResponse
 
 log = logging.getLogger("tritium.frontends.http")
 
+CUDA_SHM_UNSUPPORTED = (
+    "CUDA shared memory is not supported by this server (no GPU tensor path); "
+    "use system shared memory"
+)
 DECOUPLED_ON_INFER = "HTTP end point doesn't support models with decoupled transaction policy"
 JSON = "application/json"
 Handler = Callable[[Request], Awaitable[Response]]
@@ -135,6 +140,7 @@ class HTTPFrontend:
     def __init__(self, server: InferenceServer, options: ServerOptions) -> None:
         self.server = server
         self.options = options
+        self.shm = manager_for(server)
 
     # -- helpers --------------------------------------------------------------------------
     @staticmethod
@@ -190,7 +196,7 @@ class HTTPFrontend:
             config = self.server.model_config(name, version)
             ireq, fmt = parse_raw_request(body, name, version, config)
         else:
-            ireq, fmt = parse_infer_request(body, header_length, name, version)
+            ireq, fmt = parse_infer_request(body, header_length, name, version, self.shm)
         try:
             responses = await collect_responses(request, ireq, self.server.infer(ireq))
         except ClientDisconnected:
@@ -198,7 +204,7 @@ class HTTPFrontend:
         data = _data_responses(responses)
         if len(data) != 1:
             raise internal(f"expected a single response, got {len(data)}")
-        out, json_length = encode_infer_response(data[0], ireq, name, handle.version, fmt)
+        out, json_length = encode_infer_response(data[0], ireq, name, handle.version, fmt, self.shm)
         if json_length is None:
             return Response(out, media_type=JSON)
         return Response(
@@ -333,17 +339,47 @@ class HTTPFrontend:
             return json_response(self.server.update_trace_settings(doc, model))
         return json_response(self.server.trace_settings(model))
 
-    # -- shared memory (not supported: status is empty, register is refused) ------------------
+    # -- system shared memory -----------------------------------------------------------
     async def shm_status(self, request: Request) -> Response:
-        region = request.path_params.get("region")
-        if region:
-            raise not_found(f"Unable to find system shared memory region: '{region}'")
-        return json_response([])
+        return json_response(self.shm.status(request.path_params.get("region")))
 
     async def shm_register(self, request: Request) -> Response:
-        raise unsupported("shared memory is not supported by this server")
+        name = request.path_params.get("region")
+        if not name:
+            raise invalid_arg("a shared memory region name is required to register")
+        doc = await self._json_body(request)
+        if not isinstance(doc, dict):
+            raise internal("failed to parse the request JSON buffer")
+        key = doc.get("key")
+        if not isinstance(key, str):
+            raise internal("Unable to parse 'key': attempt to access JSON non-string as string")
+        sizes = []
+        for field in ("offset", "byte_size"):
+            value = doc.get(field, 0) if field == "offset" else doc.get(field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise internal(
+                    f"Unable to parse '{field}': attempt to access JSON non-unsigned-integer "
+                    "as unsigned-integer"
+                )
+            sizes.append(value)
+        self.shm.register(name, key, sizes[0], sizes[1])
+        return Response(status_code=200, media_type=JSON)
 
     async def shm_unregister(self, request: Request) -> Response:
+        self.shm.unregister(request.path_params.get("region"))
+        return Response(status_code=200, media_type=JSON)
+
+    # -- CUDA shared memory (no GPU path: status is empty, register is refused) -------------
+    async def cuda_shm_status(self, request: Request) -> Response:
+        region = request.path_params.get("region")
+        if region:
+            raise not_found(f"Unable to find cuda shared memory region: '{region}'")
+        return json_response([])
+
+    async def cuda_shm_register(self, request: Request) -> Response:
+        raise unsupported(CUDA_SHM_UNSUPPORTED)
+
+    async def cuda_shm_unregister(self, request: Request) -> Response:
         return Response(status_code=200, media_type=JSON)
 
     # -- routes ---------------------------------------------------------------------------
@@ -376,12 +412,20 @@ class HTTPFrontend:
                 r(base + "/generate_stream", self.generate_stream, post),
                 r(base + "/trace/setting", self.trace_setting, both),
             ]
-        for kind in ("systemsharedmemory", "cudasharedmemory"):
+        shm_handlers = {
+            "systemsharedmemory": (self.shm_status, self.shm_register, self.shm_unregister),
+            "cudasharedmemory": (
+                self.cuda_shm_status,
+                self.cuda_shm_register,
+                self.cuda_shm_unregister,
+            ),
+        }
+        for kind, (status, register, unregister) in shm_handlers.items():
             for prefix in (f"/v2/{kind}", f"/v2/{kind}/region/{{region}}"):
                 routes += [
-                    r(prefix + "/status", self.shm_status, get),
-                    r(prefix + "/register", self.shm_register, post),
-                    r(prefix + "/unregister", self.shm_unregister, post),
+                    r(prefix + "/status", status, get),
+                    r(prefix + "/register", register, post),
+                    r(prefix + "/unregister", unregister, post),
                 ]
         return routes
 

@@ -11,6 +11,7 @@ import msgspec
 import numpy as np
 from tritonclient.grpc import model_config_pb2
 
+from tritium.frontends import shared_memory as shm_io
 from tritium.frontends.http import json_parse
 from tritium.frontends.tensor_codec import (
     array_from_json,
@@ -244,9 +245,14 @@ class _RawInput:
 
 
 def parse_infer_request(
-    body: bytes, header_length: int, model_name: str, model_version: int = -1
+    body: bytes,
+    header_length: int,
+    model_name: str,
+    model_version: int = -1,
+    shm: shm_io.SharedMemoryManager | None = None,
 ) -> tuple[InferenceRequest, OutputFormat]:
-    """A /infer body (JSON header of `header_length` bytes + binary tensors) -> request."""
+    """A /infer body (JSON header of `header_length` bytes + binary tensors) -> request.
+    Inputs and outputs with `shared_memory_*` parameters go through `shm`'s regions."""
     view = memoryview(body)
     doc = decode_json(view[:header_length] if header_length != len(body) else body)
     if not isinstance(doc, dict):
@@ -296,9 +302,10 @@ def parse_infer_request(
             offset += size
             continue
         if kind == "shm":
-            raise invalid_arg(
-                f"Unable to find shared memory region: '{params['shared_memory_region']}'"
-            )
+            data = shm_io.read_input(shm, name, datatype, shape, params, model_name, req.log_id)
+            tensor_params = {k: v for k, v in params.items() if k not in shm_io.SHM_PARAMETERS}
+            req.inputs[name] = Tensor(name, datatype, data, tensor_params)
+            continue
         data = array_from_json(name, datatype, shape, io["data"])
         req.inputs[name] = Tensor(name, datatype, data, dict(params))
     if offset != len(body):
@@ -326,10 +333,7 @@ def parse_infer_request(
             params = out.get("parameters") or {}
             if not isinstance(params, dict):
                 raise not_kind("parameters", "object")
-            if "shared_memory_region" in params:
-                raise invalid_arg(
-                    f"Unable to find shared memory region: '{params['shared_memory_region']}'"
-                )
+            shm_io.check_output(shm, params)
             if "classification" in params:
                 raise unsupported("classification outputs are not supported")
             binary = params.get("binary_data", False)
@@ -347,8 +351,10 @@ def encode_infer_response(
     model_name: str,
     model_version: int,
     fmt: OutputFormat,
+    shm: shm_io.SharedMemoryManager | None = None,
 ) -> tuple[bytes, int | None]:
-    """Response JSON (+ appended binary outputs). Returns (body, header length or None)."""
+    """Response JSON (+ appended binary outputs). Returns (body, header length or None).
+    Outputs requested into shared memory are written there and carry no data."""
     if response.error is not None:
         raise response.error
     doc: dict[str, Any] = {}
@@ -358,16 +364,21 @@ def encode_infer_response(
     doc["model_version"] = str(model_version)
     if response.parameters:
         doc["parameters"] = response.parameters
-    wanted = (
-        None if request.requested_outputs is None else {o.name for o in request.requested_outputs}
+    requested = (
+        None
+        if request.requested_outputs is None
+        else {o.name: o.parameters for o in request.requested_outputs}
     )
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     for t in response.outputs:
-        if wanted is not None and t.name not in wanted:
+        if requested is not None and t.name not in requested:
             continue
         entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": t.shape}
-        if fmt.is_binary(t.name):
+        out_params = requested.get(t.name) if requested is not None else None
+        if shm is not None and out_params and shm_io.REGION in out_params:
+            entry["parameters"] = shm_io.write_output(shm, t.name, t.datatype, t.data, out_params)
+        elif fmt.is_binary(t.name):
             raw = array_to_raw(np.asarray(t.data), t.datatype)
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
