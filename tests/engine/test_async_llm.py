@@ -6,21 +6,33 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import pytest_asyncio
 
 from tritium.engine import AsyncLLM, EngineArgs, RequestOutputKind, SamplingParams
 
 PROMPT = "The quick brown fox jumps over the lazy dog, and then"
 
+# One engine per mode for the whole module (starting an engine process takes seconds).
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-@pytest.fixture(params=[False, True], ids=["inproc", "multiprocess"])
-async def engine(request, tiny_model_dirs):
+
+@pytest_asyncio.fixture(
+    scope="module", loop_scope="module", params=[False, True], ids=["inproc", "multiprocess"]
+)
+async def shared_engine(request, tiny_model_dirs):
     args = EngineArgs(model=str(tiny_model_dirs["llama"]), dtype="float32", block_size=4)
     llm = await AsyncLLM.create(args, multiprocess=request.param)
     yield llm
-    stats = llm.get_stats()
+    await llm.shutdown()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def engine(shared_engine):
+    """The shared engine; every test must leave it idle with every block free."""
+    yield shared_engine
+    stats = shared_engine.get_stats()
     assert stats.num_running_reqs == 0 and stats.num_waiting_reqs == 0
     assert stats.kv_cache_usage == 0.0
-    await llm.shutdown()
 
 
 async def test_stream_deltas_add_up(engine):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from tritium.engine.config import EngineArgs, default_cpu_kv_bytes
+from tritium.engine.decode_kv import DecodeKV
 from tritium.engine.layers.attention import AttentionMetadata, PrefillChunk
 from tritium.engine.layers.sampler import Sampler, SamplingMetadata
 from tritium.engine.models import build_model
@@ -62,6 +63,9 @@ class ModelRunner:
         )  # fmt: skip
         for i, layer in enumerate(self.attn_layers):
             layer.k_cache, layer.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
+            layer.layer_idx = i
+        # CPU: the decode batch's context kept contiguous across steps (decode_kv.py).
+        self.decode_kv = DecodeKV(self.kv_cache) if self.device.type == "cpu" else None
         self.gpu = None  # CUDA: Triton paged attention + CUDA graphs (cuda_graphs.py)
         if self.device.type == "cuda":
             from tritium.engine.layers.paged_attention_triton import HAS_TRITON
@@ -158,6 +162,7 @@ class ModelRunner:
         slots: list[int] = []
         tables: list[list[int]] = []
         ctx_lens: list[int] = []
+        decode_seqs: list[Sequence] = []
         prefills: list[PrefillChunk] = []
         last_row = [0] * len(seqs)
         for i in order:
@@ -172,6 +177,7 @@ class ModelRunner:
             if n == 1:
                 tables.append(bt)
                 ctx_lens.append(end)
+                decode_seqs.append(seq)
             else:
                 prefills.append(self._prefill_chunk(row, n, start, bt))
         dev = self.device
@@ -181,14 +187,9 @@ class ModelRunner:
             prefills=prefills,
         )
         if tables:
-            width = max(len(t) for t in tables)
-            meta.block_tables = torch.tensor(
-                [t + [0] * (width - len(t)) for t in tables], dtype=torch.long, device=dev
-            )
-            ctx = torch.tensor(ctx_lens, device=dev)
-            meta.decode_mask = (torch.arange(width * bs, device=dev) < ctx.unsqueeze(1))[
-                :, None, None, :
-            ]
+            self._prepare_decodes(meta, decode_seqs, tables, ctx_lens)
+        elif self.decode_kv is not None:
+            self.decode_kv.invalidate()
         sample = [
             i
             for i in range(len(seqs))
@@ -200,6 +201,30 @@ class ModelRunner:
             meta,
             [last_row[i] for i in sample],
             [seqs[i] for i in sample],
+        )
+
+    def _prepare_decodes(
+        self,
+        meta: AttentionMetadata,
+        seqs: list[Sequence],
+        tables: list[list[int]],
+        ctx_lens: list[int],
+    ) -> None:
+        dev, n = self.device, max(ctx_lens)
+        meta.decode_len = n
+        if len(tables) > 1:  # one sequence attends to exactly its context: no mask
+            # Additive, in the model's dtype: SDPA would convert a bool mask in every layer.
+            ctx = torch.tensor(ctx_lens, device=dev)
+            pad = torch.arange(n, device=dev) >= ctx.unsqueeze(1)
+            mask = torch.zeros(pad.shape, dtype=self.dtype, device=dev)
+            meta.decode_mask = mask.masked_fill_(pad, float("-inf"))[:, None, None, :]
+        dense = self.decode_kv.prepare(seqs, ctx_lens, tables) if self.decode_kv else None
+        if dense is not None:
+            meta.decode_kv, meta.decode_rows = dense
+            return
+        width = max(len(t) for t in tables)
+        meta.block_tables = torch.tensor(
+            [t + [0] * (width - len(t)) for t in tables], dtype=torch.long, device=dev
         )
 
     def _prefill_chunk(self, row: int, n: int, start: int, bt: list[int]) -> PrefillChunk:

@@ -2,9 +2,12 @@
 
 The model runner builds an `AttentionMetadata` once per step; each layer's `Attention`
 writes the step's keys and values into its cache blocks, then attends. The batch holds
-single-token queries first (decodes, batched as one SDPA call over gathered blocks), then
-multi-token queries (prompt chunks, one SDPA call each). A CUDA paged-decode kernel or
-FlexAttention plugs in by replacing `decode_attention` / `prefill_attention`.
+single-token queries first (decodes, batched as one SDPA call), then multi-token queries
+(prompt chunks, one SDPA call each). On CPU the decodes read a contiguous copy of their
+context (`DecodeKV`, kept by the model runner across steps and appended to in place),
+because gathering every layer's blocks anew each step costs as much memory traffic as
+the weights at 20 streams; when that copy would be too big they gather blocks per layer.
+A CUDA paged-decode kernel plugs in through `meta.paged_triton`.
 """
 
 from __future__ import annotations
@@ -35,7 +38,12 @@ class AttentionMetadata:
     slot_mapping: torch.Tensor  # [num_tokens] flat cache slot for each new token
     num_decodes: int = 0  # the first num_decodes tokens are single-token queries
     block_tables: torch.Tensor | None = None  # [num_decodes, max_blocks]
-    decode_mask: torch.Tensor | None = None  # [num_decodes, 1, 1, max_blocks * block_size]
+    decode_mask: torch.Tensor | None = None  # [num_decodes, 1, 1, decode_len]; None: all valid
+    decode_len: int = 0  # keys each decode attends over (padded to the longest)
+    # CPU: each layer's decode context as contiguous [2, layers, num_decodes, capacity,
+    # kv_heads, head_dim] keys/values; this step's tokens go in at flat rows `decode_rows`.
+    decode_kv: torch.Tensor | None = None
+    decode_rows: torch.Tensor | None = None  # [num_decodes] b * capacity + position
     prefills: list[PrefillChunk] = field(default_factory=list)
 
 
@@ -49,6 +57,7 @@ class Attention(nn.Module):
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
         self.scale = scale
+        self.layer_idx = 0  # set by the model runner with the cache views
         self.k_cache = torch.empty(0)
         self.v_cache = torch.empty(0)
 
@@ -66,20 +75,32 @@ class Attention(nn.Module):
         vc.index_copy_(0, meta.slot_mapping, v)
         nd = meta.num_decodes
         if not meta.prefills:
-            return self.decode_attention(q, meta).reshape(q.shape[0], -1)
+            return self.decode_attention(q, k, v, meta).reshape(q.shape[0], -1)
         out = torch.empty_like(q)
         if nd:
-            out[:nd] = self.decode_attention(q[:nd], meta)
+            out[:nd] = self.decode_attention(q[:nd], k[:nd], v[:nd], meta)
         for chunk in meta.prefills:
             out[chunk.start : chunk.end] = self.prefill_attention(q, k, v, kc, vc, chunk)
         return out.view(q.shape[0], -1)
 
-    def decode_attention(self, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        """One query token per sequence against its gathered cache blocks."""
-        assert meta.block_tables is not None
-        b = q.shape[0]
-        k = self.k_cache[meta.block_tables].view(b, -1, self.num_kv_heads, self.head_dim)
-        v = self.v_cache[meta.block_tables].view(b, -1, self.num_kv_heads, self.head_dim)
+    def decode_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata
+    ) -> torch.Tensor:
+        """One query token per sequence (with its new key and value) against its context."""
+        b, n = q.shape[0], meta.decode_len
+        if meta.decode_kv is not None:  # contiguous context; add this step's token to it
+            kv = meta.decode_kv[:, self.layer_idx]  # [2, B, capacity, KVH, D]
+            flat = kv.view(2, -1, self.num_kv_heads, self.head_dim)
+            flat[0].index_copy_(0, meta.decode_rows, k)
+            flat[1].index_copy_(0, meta.decode_rows, v)
+            k, v = kv[0, :, :n], kv[1, :, :n]
+        else:  # gather this layer's blocks (the cache already holds this step's token)
+            assert meta.block_tables is not None
+            idx = meta.block_tables.view(-1)
+            k = self.k_cache.flatten(1).index_select(0, idx)
+            v = self.v_cache.flatten(1).index_select(0, idx)
+            k = k.view(b, -1, self.num_kv_heads, self.head_dim)[:, :n]
+            v = v.view(b, -1, self.num_kv_heads, self.head_dim)[:, :n]
         o = F.scaled_dot_product_attention(
             q.unsqueeze(2),  # [B, H, 1, D]
             k.transpose(1, 2),

@@ -32,7 +32,8 @@ def inv_freq_and_scale(config, head_dim: int) -> tuple[torch.Tensor, float]:
 
 
 class RotaryEmbedding(nn.Module):
-    """Applies RoPE (rotate-half / NeoX layout, as Llama checkpoints use) to q and k."""
+    """RoPE (rotate-half / NeoX layout, as Llama checkpoints use). One per model: the
+    cos/sin rows of a step's positions are looked up once and shared by every layer."""
 
     def __init__(self, config, head_dim: int, max_positions: int) -> None:
         super().__init__()
@@ -40,19 +41,24 @@ class RotaryEmbedding(nn.Module):
         t = torch.arange(max_positions, dtype=torch.float32)
         freqs = torch.outer(t, inv_freq.to(t.device))  # t is on the model device (CUDA)
         emb = torch.cat((freqs, freqs), dim=-1)
+        half = head_dim // 2
+        sin = emb.sin() * scale
+        # rotate_half(x) * sin == roll(x, half) * signed_sin, with the sign folded into the
+        # table (negation is exact, so the result is bit-identical to Hugging Face's).
+        sin[:, :half] = -sin[:, :half]
         self.register_buffer("cos", emb.cos() * scale, persistent=False)
-        self.register_buffer("sin", emb.sin() * scale, persistent=False)
+        self.register_buffer("signed_sin", sin, persistent=False)
 
     def forward(
-        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
+        self, positions: torch.Tensor, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """q: [T, H, D], k: [T, KVH, D], positions: [T]."""
-        cos = self.cos[positions].unsqueeze(1).to(q.dtype)
-        sin = self.sin[positions].unsqueeze(1).to(q.dtype)
-        return _rope(q, cos, sin), _rope(k, cos, sin)
+        """(cos, signed sin) rows for `positions`: [T, 1, D] each, for `apply_rope`."""
+        cos = self.cos.index_select(0, positions).unsqueeze(1).to(dtype)
+        sin = self.signed_sin.index_select(0, positions).unsqueeze(1).to(dtype)
+        return cos, sin
 
 
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """x: [T, heads, D] (q, k, or both side by side) -> x * cos + rotate_half(x) * sin."""
+    cos, sin = rope
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
