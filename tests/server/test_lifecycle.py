@@ -135,7 +135,8 @@ async def test_poll_mode_add_change_remove(repo, make_server, factory):
     write_model(repo, "add_sub", None, versions=(2,))
     await until(lambda: server.get_model("add_sub").version == 2)
     assert [e["version"] for e in server.repository_index() if e["name"] == "add_sub"] == ["1", "2"]
-    assert server.repository_index()[0]["state"] == "UNAVAILABLE"
+    # version 1 drains (UNLOADING) in the background, then is UNAVAILABLE
+    await until(lambda: server.repository_index()[0]["state"] == "UNAVAILABLE")
 
     # removed
     shutil.rmtree(repo / "add_sub")
