@@ -61,6 +61,9 @@ class EngineArgs:
     kv_cache_memory_bytes: int | None = None  # CPU pool size; default min(2 GiB, 10% RAM)
     num_gpu_blocks_override: int | None = None  # tests: force a tiny pool
     load_format: str = "auto"  # auto | safetensors | pt | gguf | dummy
+    # None: follow the checkpoint (a quantized GGUF runs int8 weight-only on CPU);
+    # "int8": weight-only int8 on CPU for any checkpoint; "none": never quantize.
+    quantization: str | None = None
     trust_remote_code: bool = False  # accepted for vLLM compatibility, ignored
     disable_log_stats: bool = True
 
@@ -74,6 +77,11 @@ class EngineArgs:
         if self.load_format not in ("auto", "safetensors", "pt", "gguf", "dummy"):
             raise ValueError(
                 f"load_format must be auto, safetensors, pt, gguf or dummy; got {self.load_format!r}"
+            )
+        if self.quantization not in (None, "int8", "none"):
+            raise ValueError(
+                f"quantization={self.quantization!r} is not supported: leave it unset "
+                "(follow the checkpoint), or use 'int8' (CPU weight-only) or 'none'"
             )
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size must be a power of two; got {self.block_size}")

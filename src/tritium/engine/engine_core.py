@@ -3,11 +3,14 @@ runner; knows nothing of text. Runs in the caller's process or its own (core_cli
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from tritium.engine.block_manager import BlockManager
 from tritium.engine.config import EngineArgs
-from tritium.engine.loader import Checkpoint, load_checkpoint
+from tritium.engine.layers import int8_kernel
+from tritium.engine.loader import Checkpoint, gguf, load_checkpoint
 from tritium.engine.messages import (
     EngineCoreInfo,
     EngineCoreOutput,
@@ -16,10 +19,14 @@ from tritium.engine.messages import (
     SchedulerStats,
 )
 from tritium.engine.model_runner import ModelRunner
+from tritium.engine.models import resolve_architecture
+from tritium.engine.models.llama import layer_sliding_windows
 from tritium.engine.scheduler import Scheduler
 from tritium.engine.sequence import Sequence
 
 DEFAULT_MAX_MODEL_LEN = 8192  # cap when the config allows more and none is asked for
+
+log = logging.getLogger("tritium.engine")
 
 
 def load_engine_checkpoint(args: EngineArgs, progress: bool = True) -> Checkpoint:
@@ -35,6 +42,52 @@ def load_engine_checkpoint(args: EngineArgs, progress: bool = True) -> Checkpoin
     )
 
 
+def resolve_quantization(args: EngineArgs, ckpt: Checkpoint) -> str | None:
+    """The weight format the model runs in: ``"int8"`` or None (``args.dtype``).
+
+    Unset follows the checkpoint, as vLLM does: a quantized GGUF file stays quantized on CPU
+    (int8 weight-only, the closest format our kernel runs; it is several times finer than
+    the file's 4-bit blocks) when the kernel builds here, and dequantizes otherwise.
+    """
+    on_cpu = args.resolved_device().type == "cpu"
+    if args.quantization == "int8":
+        if not on_cpu:
+            raise ValueError("quantization='int8' is a CPU weight-only format; use bf16 on CUDA")
+        int8_kernel.ensure_available()
+        return "int8"
+    if args.quantization is not None or not on_cpu or ckpt.gguf_file is None:
+        return None
+    return "int8" if gguf.is_quantized(ckpt.gguf_file) and int8_kernel.is_available() else None
+
+
+def cap_to_sliding_window(max_len: int, args: EngineArgs, hf_config) -> int:
+    """max_len, or the model's sliding window where the attention kernels would ignore it.
+
+    The CUDA Triton kernels attend to the whole context, so a windowed model (Mistral 7B
+    v0.1, Qwen2 with use_sliding_window) stays exact there only while no sequence outgrows
+    its window: cap the length to it, as vLLM did before it had windowed kernels. The CPU
+    (torch) path applies the window itself and keeps the full length.
+    """
+    if args.resolved_device().type != "cuda":
+        return max_len
+    from tritium.engine.layers.paged_attention_triton import HAS_TRITON
+
+    if not HAS_TRITON:  # the torch path runs on CUDA too, window included
+        return max_len
+    arch = resolve_architecture(hf_config)
+    windows = [w for w in layer_sliding_windows(hf_config, arch) if w is not None]
+    if not windows or min(windows) >= max_len:
+        return max_len
+    window = min(windows)
+    log.warning(
+        "max_model_len %d capped to the model's sliding window %d: the CUDA attention "
+        "kernels do not implement sliding-window attention",
+        max_len,
+        window,
+    )
+    return window
+
+
 class EngineCore:
     """One model's engine: add requests, step, read outputs."""
 
@@ -44,7 +97,9 @@ class EngineCore:
         max_len = args.max_model_len or min(
             getattr(cfg, "max_position_embeddings", DEFAULT_MAX_MODEL_LEN), DEFAULT_MAX_MODEL_LEN
         )
-        self.runner = ModelRunner(args, cfg, ckpt.weights(), max_len)
+        max_len = cap_to_sliding_window(max_len, args, cfg)
+        quantization = resolve_quantization(args, ckpt)
+        self.runner = ModelRunner(args, cfg, ckpt.weights(), max_len, quantization)
         # One sequence must always fit in the pool, or it would preempt itself forever.
         self.max_model_len = min(max_len, self.runner.num_blocks * args.block_size)
         self.block_manager = BlockManager(

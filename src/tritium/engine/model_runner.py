@@ -15,6 +15,7 @@ import torch
 from tritium.engine.config import EngineArgs, default_cpu_kv_bytes
 from tritium.engine.decode_kv import DecodeKV
 from tritium.engine.layers.attention import AttentionMetadata, PrefillChunk
+from tritium.engine.layers.linear import quantize_linears_int8
 from tritium.engine.layers.sampler import Sampler, SamplingMetadata
 from tritium.engine.models import build_model
 from tritium.engine.scheduler import SchedulerOutput
@@ -34,7 +35,14 @@ class StepResult:
 class ModelRunner:
     """Runs the model on one device with a paged KV cache of `num_blocks` blocks."""
 
-    def __init__(self, args: EngineArgs, hf_config, weights, max_model_len: int) -> None:
+    def __init__(
+        self,
+        args: EngineArgs,
+        hf_config,
+        weights,
+        max_model_len: int,
+        quantization: str | None = None,
+    ) -> None:
         self.device = args.resolved_device()
         self.dtype = args.resolved_dtype()
         self.block_size = args.block_size
@@ -51,6 +59,9 @@ class ModelRunner:
         finally:
             torch.set_default_dtype(default_dtype)
         self.model.load_weights(weights)  # type: ignore[operator]
+        self.quantization = quantization
+        if quantization == "int8":
+            quantize_linears_int8(self.model)
         self.model.eval()
         self.sampler = Sampler()
         self.attn_layers = self.model.attention_layers  # type: ignore[union-attr]

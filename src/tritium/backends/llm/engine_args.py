@@ -48,7 +48,6 @@ ONLY_VALUE: dict[str, Any] = {
     "pipeline_parallel_size": 1,
     "data_parallel_size": 1,
     "enable_lora": False,
-    "quantization": None,
     "kv_cache_dtype": "auto",
     "speculative_config": None,
 }

@@ -241,6 +241,14 @@ def dequantize(tensor: Any) -> torch.Tensor:
     return torch.from_numpy(array).reshape(shape)
 
 
+def is_quantized(path: Path) -> bool:
+    """Whether the GGUF file stores any weight in a quantized type (Q8_0, Q4_K, ...)."""
+    from gguf import GGMLQuantizationType
+
+    floats = {GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16}
+    return any(t.tensor_type not in floats for t in open_gguf(path).tensors)
+
+
 def iter_weights(
     reader: Any, config: PretrainedConfig, dtype: torch.dtype, progress: bool = True
 ) -> Iterator[tuple[str, torch.Tensor]]:
