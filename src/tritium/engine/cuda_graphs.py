@@ -63,7 +63,8 @@ class GpuExecutor:
         slots = np.empty(total, np.int64)
         last_row = [0] * len(seqs)
         nd = len(dec)
-        dec_bt = dec_ctx = None
+        dec_bt: np.ndarray | None = None
+        dec_ctx: np.ndarray | None = None
         if nd:
             width = max(len(seqs[i].block_table) for i in dec)
             dec_bt = np.zeros((nd, width), np.int32)
@@ -85,11 +86,11 @@ class GpuExecutor:
             for i in pre:
                 seq, n = seqs[i], nums[i]
                 start = seq.num_computed_tokens
-                p = np.arange(start, start + n)
-                bt = np.asarray(seq.block_table, np.int64)
+                chunk_pos = np.arange(start, start + n)
+                chunk_bt = np.asarray(seq.block_table, np.int64)
                 ids[row : row + n] = seq.token_ids[start : start + n]
-                pos[row : row + n] = p
-                slots[row : row + n] = bt[p // bs] * bs + p % bs
+                pos[row : row + n] = chunk_pos
+                slots[row : row + n] = chunk_bt[chunk_pos // bs] * bs + chunk_pos % bs
                 q_start.append(row)
                 q_len.append(n)
                 ctx_len.append(start)
@@ -98,8 +99,8 @@ class GpuExecutor:
                 row += n
             width = max(len(t) for t in tables)
             pbt = np.zeros((len(pre), width), np.int32)
-            for c, t in enumerate(tables):
-                pbt[c, : len(t)] = t
+            for j, table in enumerate(tables):
+                pbt[j, : len(table)] = table
             tile_chunk, tile_m0 = prefill_tiles(q_len)
             ints = np.array(q_start + q_len + ctx_len + tile_chunk + tile_m0, np.int32)
             ints_dev = self._to_dev(ints)
@@ -112,6 +113,7 @@ class GpuExecutor:
             meta.prefill_block_tables = self._to_dev(pbt)
             meta.num_prefill_tiles = t
         if nd:
+            assert dec_bt is not None and dec_ctx is not None  # built above when nd > 0
             meta.decode_block_tables = self._to_dev(dec_bt)
             meta.decode_context_lens = self._to_dev(dec_ctx)
             meta.decode_splits = num_decode_splits(

@@ -38,6 +38,7 @@ class IncrementalDetokenizer:
 
     def _decode_next(self, token_id: int) -> str:
         if self._stream is not None:
+            assert self.backend is not None  # a stream is made only over a fast backend
             return self._stream.step(self.backend, token_id) or ""
         # Slow tokenizers: decode everything and diff; hold text ending in a partial character.
         self._ids.append(token_id)

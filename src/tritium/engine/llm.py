@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 from tqdm.auto import tqdm
 
@@ -71,7 +71,12 @@ class LLM:
         use_tqdm: bool = True,
     ) -> list[RequestOutput]:
         """Generate replies to conversations, rendered with the model's chat template."""
-        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        # One conversation (a list of message dicts) or a list of them.
+        conversations = (
+            [cast("list[dict[str, str]]", messages)]
+            if messages and isinstance(messages[0], dict)
+            else cast("list[list[dict[str, str]]]", messages)
+        )
         prompts = [
             {
                 "prompt_token_ids": self.tokenizer.apply_chat_template(
@@ -80,7 +85,7 @@ class LLM:
             }
             for c in conversations
         ]
-        return self.generate(prompts, sampling_params, use_tqdm)  # type: ignore[arg-type]
+        return self.generate(prompts, sampling_params, use_tqdm)
 
     def _tokenize(self, prompt: PromptType) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):
@@ -109,7 +114,11 @@ class LLM:
 def _as_prompt_list(prompts: PromptType | Sequence[PromptType]) -> list[PromptType]:
     if isinstance(prompts, (str, dict)):
         return [prompts]
-    prompts = list(prompts)
-    if prompts and all(isinstance(p, int) for p in prompts):
-        return [prompts]  # one prompt of token ids
-    return prompts  # type: ignore[return-value]
+    items = list(prompts)
+    if _is_token_ids(items):
+        return [items]  # one prompt of token ids
+    return cast("list[PromptType]", items)  # a list of prompts (ints only as one prompt)
+
+
+def _is_token_ids(items: Sequence[object]) -> TypeGuard[list[int]]:
+    return bool(items) and all(isinstance(p, int) for p in items)

@@ -35,6 +35,9 @@ class RotaryEmbedding(nn.Module):
     """RoPE (rotate-half / NeoX layout, as Llama checkpoints use). One per model: the
     cos/sin rows of a step's positions are looked up once and shared by every layer."""
 
+    cos: torch.Tensor  # [max_positions, head_dim] buffers, registered in __init__
+    signed_sin: torch.Tensor
+
     def __init__(self, config, head_dim: int, max_positions: int) -> None:
         super().__init__()
         inv_freq, scale = inv_freq_and_scale(config, head_dim)

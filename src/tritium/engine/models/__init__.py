@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from torch import nn
-
 from tritium.engine.models.llama import LlamaForCausalLM
 
 # Every architecture here is the Llama shape with config switches.
-MODEL_REGISTRY: dict[str, type[nn.Module]] = {
+MODEL_REGISTRY: dict[str, type[LlamaForCausalLM]] = {
     "LlamaForCausalLM": LlamaForCausalLM,
     "MistralForCausalLM": LlamaForCausalLM,
     "Qwen2ForCausalLM": LlamaForCausalLM,
@@ -27,6 +25,6 @@ def resolve_architecture(config) -> str:
     )
 
 
-def build_model(config, max_positions: int) -> nn.Module:
+def build_model(config, max_positions: int) -> LlamaForCausalLM:
     arch = resolve_architecture(config)
     return MODEL_REGISTRY[arch](config, arch, max_positions)
