@@ -7,6 +7,7 @@ at the rows that sample, one sampler call.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -86,6 +87,15 @@ class ModelRunner:
 
                 self.gpu = GpuExecutor(self, args.max_num_seqs, args.enforce_eager)
 
+    @functools.cached_property
+    def sliding_window(self) -> int | None:
+        """The window of the model's sliding-window layers; None when every layer attends
+        to its whole context. Models here have one window (Qwen2 mixes it with full layers)."""
+        windows = {layer.sliding_window for layer in self.attn_layers} - {None}
+        if len(windows) > 1:
+            raise ValueError(f"layers with different sliding windows are unsupported: {windows}")
+        return windows.pop() if windows else None
+
     @property
     def block_bytes(self) -> int:
         """Bytes of one block across all layers, keys and values."""
@@ -151,11 +161,13 @@ class ModelRunner:
         tokens = so.token_ids.tolist()
         logprobs: list[tuple[list[int], list[float], int] | None] = [None] * len(tokens)
         if so.logprobs is not None:
+            # The sampler sets logprob_token_ids and ranks whenever it sets logprobs.
+            assert so.logprob_token_ids is not None and so.ranks is not None
             lp, lp_ids, ranks = (
                 so.logprobs.tolist(),
                 so.logprob_token_ids.tolist(),
                 so.ranks.tolist(),
-            )  # type: ignore[union-attr]
+            )
             for i, seq in enumerate(sample_seqs):
                 k = seq.params.logprobs
                 if k is not None:
@@ -229,6 +241,9 @@ class ModelRunner:
             pad = torch.arange(n, device=dev) >= ctx.unsqueeze(1)
             mask = torch.zeros(pad.shape, dtype=self.dtype, device=dev)
             meta.decode_mask = mask.masked_fill_(pad, float("-inf"))[:, None, None, :]
+        w = self.sliding_window
+        if w is not None and n > w:  # the window hides keys: windowed layers skip them
+            self._window_decodes(meta, ctx_lens, w)
         dense = self.decode_kv.prepare(seqs, ctx_lens, tables) if self.decode_kv else None
         if dense is not None:
             meta.decode_kv, meta.decode_rows = dense
@@ -238,8 +253,30 @@ class ModelRunner:
             [t + [0] * (width - len(t)) for t in tables], dtype=torch.long, device=dev
         )
 
+    def _window_decodes(self, meta: AttentionMetadata, ctx_lens: list[int], w: int) -> None:
+        """The query at position c - 1 sees keys [c - w, c): windowed layers read keys from
+        the shortest row's first visible one, masking what each row must not see."""
+        n, shortest, dev = meta.decode_len, min(ctx_lens), self.device
+        lo = max(0, shortest - w)
+        meta.window_decode_start = lo
+        if shortest == n:  # every row sees exactly keys [lo, n): no mask
+            return
+        k_pos = torch.arange(lo, n, device=dev)
+        ctx = torch.tensor(ctx_lens, device=dev).unsqueeze(1)
+        hide = (k_pos >= ctx) | (k_pos < ctx - w)
+        mask = torch.zeros(hide.shape, dtype=self.dtype, device=dev)
+        meta.window_decode_mask = mask.masked_fill_(hide, float("-inf"))[:, None, None, :]
+
     def _prefill_chunk(self, row: int, n: int, start: int, bt: list[int]) -> PrefillChunk:
         chunk = PrefillChunk(row, row + n, start)
+        w = self.sliding_window
+        if w is not None and start + n > w:  # the window hides keys from the last queries
+            # Query p sees keys (p - w, p]; none of the chunk sees keys before window_start.
+            lo = max(0, start - w + 1)
+            q_pos = torch.arange(start, start + n, device=self.device).unsqueeze(1)
+            k_pos = torch.arange(lo, start + n, device=self.device).unsqueeze(0)
+            chunk.window_start = lo
+            chunk.window_mask = (k_pos <= q_pos) & (k_pos > q_pos - w)
         if start:
             end, bs, dev = start + n, self.block_size, self.device
             blocks = torch.tensor(bt[: -(-end // bs)], dtype=torch.long, device=dev)

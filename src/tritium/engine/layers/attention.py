@@ -8,6 +8,10 @@ context (`DecodeKV`, kept by the model runner across steps and appended to in pl
 because gathering every layer's blocks anew each step costs as much memory traffic as
 the weights at 20 streams; when that copy would be too big they gather blocks per layer.
 A CUDA paged-decode kernel plugs in through `meta.paged_triton`.
+
+Sliding-window layers (Mistral, Qwen2 with use_sliding_window) read the `window_*` fields
+instead: the runner sets them only in steps where the window hides a key, so a model
+without a window, or a context shorter than it, does exactly the work it did before.
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ class PrefillChunk:
     context_len: int
     kv_slots: torch.Tensor | None = None  # [context_len + n] flat cache slots
     mask: torch.Tensor | None = None  # [n, context_len + n] bool, True = attend
+    # Sliding-window layers, when the window hides a key of this chunk: they attend to keys
+    # [window_start, context_len + n) under window_mask [n, context_len + n - window_start].
+    window_start: int = 0
+    window_mask: torch.Tensor | None = None
 
 
 @dataclass
@@ -45,18 +53,32 @@ class AttentionMetadata:
     decode_kv: torch.Tensor | None = None
     decode_rows: torch.Tensor | None = None  # [num_decodes] b * capacity + position
     prefills: list[PrefillChunk] = field(default_factory=list)
+    # Sliding-window layers' decodes: keys [window_decode_start, decode_len) under
+    # window_decode_mask (None: none needed). window_decode_start None: the window hides
+    # nothing this step, so they read the fields above like any layer.
+    window_decode_start: int | None = None
+    window_decode_mask: torch.Tensor | None = None
 
 
 class Attention(nn.Module):
     """Paged attention for one layer; `k_cache`/`v_cache` are [num_blocks, block_size,
-    num_kv_heads, head_dim] views into the runner's pool, set after allocation."""
+    num_kv_heads, head_dim] views into the runner's pool, set after allocation.
+    `sliding_window`: the query at position p sees only keys at positions > p - window."""
 
-    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float) -> None:
+    def __init__(
+        self,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        scale: float,
+        sliding_window: int | None = None,
+    ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
         self.scale = scale
+        self.sliding_window = sliding_window
         self.layer_idx = 0  # set by the model runner with the cache views
         self.k_cache = torch.empty(0)
         self.v_cache = torch.empty(0)
@@ -88,24 +110,28 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """One query token per sequence (with its new key and value) against its context."""
         b, n = q.shape[0], meta.decode_len
+        lo, mask = 0, meta.decode_mask
+        if self.sliding_window is not None and meta.window_decode_start is not None:
+            lo, mask = meta.window_decode_start, meta.window_decode_mask
         if meta.decode_kv is not None:  # contiguous context; add this step's token to it
+            assert meta.decode_rows is not None  # set together with decode_kv
             kv = meta.decode_kv[:, self.layer_idx]  # [2, B, capacity, KVH, D]
             flat = kv.view(2, -1, self.num_kv_heads, self.head_dim)
             flat[0].index_copy_(0, meta.decode_rows, k)
             flat[1].index_copy_(0, meta.decode_rows, v)
-            k, v = kv[0, :, :n], kv[1, :, :n]
+            k, v = kv[0, :, lo:n], kv[1, :, lo:n]
         else:  # gather this layer's blocks (the cache already holds this step's token)
             assert meta.block_tables is not None
             idx = meta.block_tables.view(-1)
             k = self.k_cache.flatten(1).index_select(0, idx)
             v = self.v_cache.flatten(1).index_select(0, idx)
-            k = k.view(b, -1, self.num_kv_heads, self.head_dim)[:, :n]
-            v = v.view(b, -1, self.num_kv_heads, self.head_dim)[:, :n]
+            k = k.view(b, -1, self.num_kv_heads, self.head_dim)[:, lo:n]
+            v = v.view(b, -1, self.num_kv_heads, self.head_dim)[:, lo:n]
         o = F.scaled_dot_product_attention(
             q.unsqueeze(2),  # [B, H, 1, D]
             k.transpose(1, 2),
             v.transpose(1, 2),
-            attn_mask=meta.decode_mask,
+            attn_mask=mask,
             scale=self.scale,
             enable_gqa=True,
         )
@@ -123,10 +149,17 @@ class Attention(nn.Module):
         """A prompt chunk: causal over itself, plus everything before it in the cache."""
         s, e = chunk.start, chunk.end
         qs = q[s:e].transpose(0, 1).unsqueeze(0)  # [1, H, n, D]
+        windowed = self.sliding_window is not None and chunk.window_mask is not None
         if chunk.context_len == 0:
             ks, vs, mask, causal = k[s:e], v[s:e], None, True
+            if windowed:  # window_start is 0: the first query sees the first key
+                mask, causal = chunk.window_mask, False
         else:
-            ks, vs, mask, causal = kc[chunk.kv_slots], vc[chunk.kv_slots], chunk.mask, False
+            assert chunk.kv_slots is not None
+            slots, mask = chunk.kv_slots, chunk.mask
+            if windowed:
+                slots, mask = slots[chunk.window_start :], chunk.window_mask
+            ks, vs, causal = kc[slots], vc[slots], False
         o = F.scaled_dot_product_attention(
             qs,
             ks.transpose(0, 1).unsqueeze(0),

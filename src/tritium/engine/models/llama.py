@@ -25,8 +25,28 @@ def head_dim_of(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
+def layer_sliding_windows(config, arch: str) -> list[int | None]:
+    """Each layer's sliding window, or None for full attention, by transformers' rules: the
+    query at position p sees keys at positions > p - window. Mistral windows every layer
+    when `sliding_window` is set; Qwen2/Qwen3 only with `use_sliding_window`, on the layers
+    `layer_types` names (by default those from `max_window_layers` on); Llama never."""
+    n = config.num_hidden_layers
+    window = getattr(config, "sliding_window", None)
+    if not window or arch == "LlamaForCausalLM":
+        return [None] * n
+    if arch == "MistralForCausalLM":
+        return [int(window)] * n
+    if not getattr(config, "use_sliding_window", False):
+        return [None] * n
+    types = getattr(config, "layer_types", None)
+    if types:
+        return [int(window) if t == "sliding_attention" else None for t in types]
+    first = getattr(config, "max_window_layers", 0)
+    return [int(window) if i >= first else None for i in range(n)]
+
+
 class LlamaAttention(nn.Module):
-    def __init__(self, config, arch: str) -> None:
+    def __init__(self, config, arch: str, sliding_window: int | None = None) -> None:
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
@@ -42,7 +62,9 @@ class LlamaAttention(nn.Module):
         if self.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
-        self.attn = Attention(self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim**-0.5)
+        self.attn = Attention(
+            self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim**-0.5, sliding_window
+        )
 
     def forward(self, rope: Rope, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         t, h, d = x.shape[0], self.num_heads, self.head_dim
@@ -74,9 +96,9 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config, arch: str) -> None:
+    def __init__(self, config, arch: str, sliding_window: int | None = None) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(config, arch)
+        self.self_attn = LlamaAttention(config, arch, sliding_window)
         self.mlp = LlamaMLP(config)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -99,7 +121,7 @@ class LlamaModel(nn.Module):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, arch) for _ in range(config.num_hidden_layers)
+            LlamaDecoderLayer(config, arch, w) for w in layer_sliding_windows(config, arch)
         )
         self.rotary_emb = RotaryEmbedding(config, head_dim_of(config), max_positions)
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -119,7 +141,7 @@ class LlamaForCausalLM(nn.Module):
     """A decoder-only Llama-family model over the paged KV cache."""
 
     # checkpoint name -> (packed parameter, shard)
-    packed_modules_mapping = {
+    packed_modules_mapping: dict[str, tuple[str, str | int]] = {
         "q_proj": ("qkv_proj", "q"),
         "k_proj": ("qkv_proj", "k"),
         "v_proj": ("qkv_proj", "v"),
@@ -138,7 +160,8 @@ class LlamaForCausalLM(nn.Module):
 
     @property
     def attention_layers(self) -> list[Attention]:
-        return [layer.self_attn.attn for layer in self.model.layers]  # type: ignore[union-attr]
+        layers = self.model.layers  # every entry is a LlamaDecoderLayer
+        return [layer.self_attn.attn for layer in layers if isinstance(layer, LlamaDecoderLayer)]
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
