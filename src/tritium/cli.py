@@ -22,12 +22,22 @@ def _bool(value: str) -> bool:
 
 def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("serve", help="run the inference server (Triton's flags)")
-    p.add_argument("--model-repository", "--model-store", action="append", default=[],
-                   dest="model_repository", help="model repository path or URL (repeatable)")
+    p.add_argument(
+        "--model-repository",
+        "--model-store",
+        action="append",
+        default=[],
+        dest="model_repository",
+        help="model repository path or URL (repeatable)",
+    )
     p.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default="none")
     p.add_argument("--repository-poll-secs", type=float, default=15.0)
-    p.add_argument("--load-model", action="append", default=[],
-                   help="explicit mode: model to load at start ('*' for all)")
+    p.add_argument(
+        "--load-model",
+        action="append",
+        default=[],
+        help="explicit mode: model to load at start ('*' for all)",
+    )
     p.add_argument("--strict-readiness", type=_bool, default=True)
     p.add_argument("--exit-on-error", type=_bool, default=True)
     p.add_argument("--strict-model-config", type=_bool, default=False)
@@ -48,8 +58,12 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--exit-timeout-secs", type=float, default=30.0)
     p.add_argument("--http-max-input-size", type=int, default=64 * 1024 * 1024)
     p.add_argument("--id", default="triton")
-    p.add_argument("--backend-config", action="append", default=[],
-                   help="backend,setting=value (accepted as Triton does)")
+    p.add_argument(
+        "--backend-config",
+        action="append",
+        default=[],
+        help="backend,setting=value (accepted as Triton does)",
+    )
     p.set_defaults(func=_run_serve)
 
 

@@ -59,13 +59,13 @@ class ModelRunner:
                 self.model = build_model(hf_config, max_model_len)
         finally:
             torch.set_default_dtype(default_dtype)
-        self.model.load_weights(weights)  # type: ignore[operator]
+        self.model.load_weights(weights)
         self.quantization = quantization
         if quantization == "int8":
             quantize_linears_int8(self.model)
         self.model.eval()
         self.sampler = Sampler()
-        self.attn_layers = self.model.attention_layers  # type: ignore[union-attr]
+        self.attn_layers = self.model.attention_layers
         first = self.attn_layers[0]
         self.num_kv_heads, self.head_dim = first.num_kv_heads, first.head_dim
         self.num_blocks = self._num_blocks(args)
@@ -131,7 +131,7 @@ class ModelRunner:
                 slot_mapping=torch.arange(n, device=self.device), prefills=[PrefillChunk(0, n, 0)]
             )
             hidden = self.model(ids, pos, meta)
-            self.model.compute_logits(hidden[-min(n, args.max_num_seqs) :])  # type: ignore[operator]
+            self.model.compute_logits(hidden[-min(n, args.max_num_seqs) :])
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device)
         for layer in self.attn_layers:
@@ -155,7 +155,7 @@ class ModelRunner:
             hidden = self.model(ids, positions, meta)
         if not sample_rows:
             return StepResult([], [], [])
-        logits = self.model.compute_logits(hidden[sample_rows])  # type: ignore[operator]
+        logits = self.model.compute_logits(hidden[sample_rows])
         md = SamplingMetadata.build(sample_seqs, self.vocab_size, self.device)
         so = self.sampler(logits, md)
         tokens = so.token_ids.tolist()

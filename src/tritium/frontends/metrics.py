@@ -193,7 +193,7 @@ def registry_metrics(registry: Any) -> bytes:
         else:
             standard.append(metric)
     text = ("\n".join(triton_style) + "\n").encode() if triton_style else b""
-    return text + (generate_latest(_Collected(standard)) if standard else b"")  # type: ignore[arg-type]
+    return text + (generate_latest(_Collected(standard)) if standard else b"")
 
 
 def _escape_help(text: str) -> str:

@@ -46,8 +46,9 @@ class ServerHandle(Protocol):
 
     def infer(self, request: InferenceRequest) -> AsyncIterator[InferenceResponse]: ...
 
-    async def load_model(self, name: str, config_json: str | None = None,
-                         files: dict[str, bytes] | None = None) -> None: ...
+    async def load_model(
+        self, name: str, config_json: str | None = None, files: dict[str, bytes] | None = None
+    ) -> None: ...
 
     async def unload_model(self, name: str, unload_dependents: bool = False) -> None: ...
 
@@ -82,7 +83,9 @@ class Backend(Protocol):
         """Start instances (stub processes, engine placement). Raise TritonError on failure."""
         ...
 
-    async def execute(self, instance: int, requests: list[InferenceRequest]) -> list[RequestTimings]:
+    async def execute(
+        self, instance: int, requests: list[InferenceRequest]
+    ) -> list[RequestTimings]:
         """Run one batch on instance `instance` (0 <= instance < instance_count).
         Deliver every response through request.send(). Return one RequestTimings per request."""
         ...
@@ -95,6 +98,8 @@ class Backend(Protocol):
 class BackendFactory(Protocol):
     """How the core creates backends: `auto_complete` runs before the config is final."""
 
-    async def auto_complete(self, config: ModelConfig, model_dir: Path, version_dir: Path) -> ModelConfig: ...
+    async def auto_complete(
+        self, config: ModelConfig, model_dir: Path, version_dir: Path
+    ) -> ModelConfig: ...
 
     def create(self, context: BackendContext) -> Backend: ...

@@ -41,7 +41,8 @@ class ModelStatistics:
     execution_count: int = 0  # batches executed, whether their requests succeeded or not
     success: Duration = field(default_factory=Duration)  # duration = request end to end
     fail: Duration = field(default_factory=Duration)
-    failure_reasons: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # REJECTED, CANCELED, BACKEND, OTHER
+    # Counts by Triton's reasons: REJECTED, CANCELED, BACKEND, OTHER.
+    failure_reasons: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     queue: Duration = field(default_factory=Duration)
     compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)

@@ -150,7 +150,7 @@ class LLMBackend:
         )  # fmt: skip
         return engine
 
-    def _stats(self):  # type: ignore[no-untyped-def]
+    def _stats(self):
         return self.engine.stats if self.engine is not None else None
 
     async def unload(self) -> None:

@@ -120,7 +120,7 @@ def snapshot(
     return folder
 
 
-class _SilentTqdm(tqdm):  # type: ignore[misc]
+class _SilentTqdm(tqdm):
     """A progress bar that never shows (``progress=False``)."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:

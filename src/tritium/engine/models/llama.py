@@ -222,7 +222,7 @@ class LlamaForCausalLM(nn.Module):
             start, size = offsets[shard]  # type: ignore[index]
         else:
             size = data.shape[0] // 2
-            start = int(shard) * size  # type: ignore[arg-type]
+            start = int(shard) * size
         target = data.narrow(0, start, size)
         if target.shape != tensor.shape:
             raise ValueError(
