@@ -1,7 +1,9 @@
 """CPU benchmark: tritium.engine vs transformers on SmolLM2-135M (the default GGUF).
 
 Chat prompts from shared/data/prompts.txt, N new tokens each, greedy, ignore_eos.
-Measures, in one run: our engine with one stream and with all prompts at once; then
+Measures, in one run: our engine with one stream and with all prompts at once, in its
+default weight format for this file (int8 weight-only: the GGUF is 4-bit) and dequantized
+(`--quantization none`, the dtype below); then
 transformers `generate` one prompt at a time, a static batch of all prompts (left
 padding) and its continuous batching `generate_batch` where it runs, in bf16 (what the
 issue names) and fp32 (the fair one on a CPU without native bf16). Prints each number as
@@ -47,7 +49,7 @@ def report(result: dict, key: str, value: float) -> None:
     print(f"  {key:<36}{value:>10.1f}", flush=True)
 
 
-def bench_engine(llm: LLM, prompts: list[list[int]], n_tokens: int, result: dict) -> None:
+def bench_engine(llm: LLM, prompts: list[list[int]], n_tokens: int, result: dict, tag: str) -> None:
     params = SamplingParams(temperature=0, max_tokens=n_tokens, ignore_eos=True)
     warm = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
     # Warm up both shapes (one stream, the whole batch), then forget the cached prefixes so
@@ -57,13 +59,15 @@ def bench_engine(llm: LLM, prompts: list[list[int]], n_tokens: int, result: dict
     t = time.perf_counter()
     out = llm.generate([{"prompt_token_ids": prompts[0]}], params, use_tqdm=False)
     report(
-        result, "engine_single_tok_s", len(out[0].outputs[0].token_ids) / (time.perf_counter() - t)
+        result,
+        f"engine_{tag}_single_tok_s",
+        len(out[0].outputs[0].token_ids) / (time.perf_counter() - t),
     )
     llm.engine_core.block_manager.reset_prefix_cache()
     t = time.perf_counter()
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
     gen = sum(len(o.outputs[0].token_ids) for o in outs)
-    report(result, f"engine_concurrent{len(prompts)}_tok_s", gen / (time.perf_counter() - t))
+    report(result, f"engine_{tag}_concurrent{len(prompts)}_tok_s", gen / (time.perf_counter() - t))
 
 
 def bench_hf(
@@ -114,6 +118,12 @@ def bench_hf(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dtype", default="auto", help="engine dtype (auto: fp32 without native bf16)")
+    ap.add_argument(
+        "--quantization",
+        default="auto,none",
+        help="engine weight formats to measure, comma list: auto (the default: int8 weight-only "
+        "for the quantized GGUF), int8, none (dequantized, in --dtype)",
+    )
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--num-prompts", type=int, default=20)
     ap.add_argument("--skip-hf", action="store_true", help="measure only our engine")
@@ -125,20 +135,27 @@ def main() -> None:
     ckpt = load_checkpoint("smollm2", progress=False)
     prompts = chat_prompts(ckpt.tokenizer, args.num_prompts)
     b = len(prompts)
-    t = time.perf_counter()
-    llm = LLM("smollm2", dtype=args.dtype)
     result: dict = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "engine_dtype": str(llm.engine_core.runner.dtype),
         "num_prompts": b,
         "new_tokens": args.max_tokens,
-        "engine_startup_s": time.perf_counter() - t,
     }
-    print(f"engine ({result['engine_dtype']}, {result['threads']} threads):", flush=True)
-    bench_engine(llm, prompts, args.max_tokens, result)
-    del llm
+    tags = args.quantization.split(",")
+    for tag in tags:
+        t = time.perf_counter()
+        llm = LLM("smollm2", dtype=args.dtype, quantization=None if tag == "auto" else tag)
+        runner = llm.engine_core.runner
+        result[f"engine_{tag}_startup_s"] = time.perf_counter() - t
+        result[f"engine_{tag}_weights"] = runner.quantization or str(runner.dtype)
+        result["threads"] = torch.get_num_threads()
+        print(
+            f"engine, quantization={tag} ({result[f'engine_{tag}_weights']} weights, "
+            f"{result['threads']} threads):",
+            flush=True,
+        )
+        bench_engine(llm, prompts, args.max_tokens, result, tag)
+        del llm
     if not args.skip_hf:
         pad = ckpt.tokenizer.pad_token_id
         pad = pad if pad is not None else ckpt.eos_token_ids[0]
@@ -153,16 +170,19 @@ def main() -> None:
     for k, v in result.items():
         if k.endswith("tok_s"):
             print(f"{k:<40}{v:>10.1f}")
-    one, many = result["engine_single_tok_s"], result[f"engine_concurrent{b}_tok_s"]
-    for tag in HF_DTYPES:
-        if f"hf_{tag}_single_tok_s" in result:
-            result[f"ratio_single_vs_hf_{tag}"] = one / result[f"hf_{tag}_single_tok_s"]
-            result[f"ratio_concurrent_vs_hf_{tag}_static"] = (
+    for ours in tags:
+        one = result[f"engine_{ours}_single_tok_s"]
+        many = result[f"engine_{ours}_concurrent{b}_tok_s"]
+        for tag in HF_DTYPES:
+            if f"hf_{tag}_single_tok_s" not in result:
+                continue
+            r1 = result[f"ratio_{ours}_single_vs_hf_{tag}"] = one / result[f"hf_{tag}_single_tok_s"]
+            rb = result[f"ratio_{ours}_concurrent_vs_hf_{tag}_static"] = (
                 many / result[f"hf_{tag}_static{b}_tok_s"]
             )
             print(
-                f"vs transformers {tag}: one stream {result[f'ratio_single_vs_hf_{tag}']:.2f}x, "
-                f"{b} concurrent vs static batch {result[f'ratio_concurrent_vs_hf_{tag}_static']:.2f}x"
+                f"engine {ours} vs transformers {tag}: one stream {r1:.2f}x, "
+                f"{b} concurrent vs static batch {rb:.2f}x"
             )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

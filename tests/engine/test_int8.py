@@ -31,10 +31,10 @@ def dequantized(layer: Linear) -> torch.Tensor:
 @pytest.mark.parametrize("bias", [False, True])
 def test_linear_equals_fp32_math_on_the_dequantized_weight(rows: int, bias: bool) -> None:
     torch.manual_seed(rows)
-    layer = Linear(96, 37, bias=bias)  # 37 rows: a partial tile of the kernel's 4
+    layer = Linear(104, 37, bias=bias)  # 37 rows: a partial tile of the 4; K % 16 = 8
     layer.quantize_int8()
     assert layer.weight is None and layer.qweight.dtype == torch.int8
-    x = torch.randn(rows, 96)
+    x = torch.randn(rows, 104)
     expected = x @ dequantized(layer).T + (layer.bias if bias else 0)
     torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
 
