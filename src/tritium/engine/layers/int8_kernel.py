@@ -118,19 +118,23 @@ def int8_linear(
 ) -> torch.Tensor:
     """``x @ (qweight * scale[:, None]).T + bias`` on CPU, in x's dtype.
 
-    x: [..., K] float; qweight: [N, K] int8 (K a multiple of 8); scale, bias: [N] float32.
+    x: [..., K] float; qweight: [N, K] int8 (K a multiple of 8); scale, bias: [N] float32,
+    contiguous (Linear.quantize_int8 makes them so).
     """
-    lib = _library()
-    shape = x.shape
-    x2 = x.reshape(-1, shape[-1]).to(torch.float32).contiguous()
+    fn = _library().tritium_int8_linear
+    # Decode steps make ~120 of these calls; skip conversions that are no-ops.
+    x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+    if x2.dtype != torch.float32 or not x2.is_contiguous():
+        x2 = x2.to(torch.float32).contiguous()
     m, k = x2.shape
     n = qweight.shape[0]
     out = torch.empty(m, n, dtype=torch.float32)
-    b = None if bias is None else bias.to(torch.float32).contiguous()
-    rc = lib.tritium_int8_linear(
+    rc = fn(
         x2.data_ptr(), m, k, qweight.data_ptr(), scale.data_ptr(),
-        None if b is None else b.data_ptr(), n, out.data_ptr(), torch.get_num_threads(),
+        None if bias is None else bias.data_ptr(), n, out.data_ptr(), torch.get_num_threads(),
     )  # fmt: skip
     if rc != 0:
         raise MemoryError("int8 linear: cannot allocate its scratch buffer")
-    return out.view(*shape[:-1], n).to(x.dtype)
+    if x.dim() != 2:
+        out = out.view(*x.shape[:-1], n)
+    return out if x.dtype == torch.float32 else out.to(x.dtype)

@@ -49,7 +49,7 @@ class Linear(nn.Linear):
         self.qweight, self.wscale = q, scale
         self.register_parameter("weight", None)
         if self.bias is not None:
-            self.bias.data = self.bias.data.float()
+            self.bias.data = self.bias.data.float().contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.qweight is not None:
