@@ -61,8 +61,8 @@ class EngineArgs:
     kv_cache_memory_bytes: int | None = None  # CPU pool size; default min(2 GiB, 10% RAM)
     num_gpu_blocks_override: int | None = None  # tests: force a tiny pool
     load_format: str = "auto"  # auto | safetensors | pt | gguf | dummy
-    # None: follow the checkpoint (a quantized GGUF runs int8 weight-only on CPU);
-    # "int8": weight-only int8 on CPU for any checkpoint; "none": never quantize.
+    # None: follow the checkpoint (a quantized GGUF keeps its 4-bit / 8-bit weights on CPU);
+    # "q4" / "int8": that weight-only format on CPU for any checkpoint; "none": dequantize.
     quantization: str | None = None
     trust_remote_code: bool = False  # accepted for vLLM compatibility, ignored
     disable_log_stats: bool = True
@@ -78,10 +78,10 @@ class EngineArgs:
             raise ValueError(
                 f"load_format must be auto, safetensors, pt, gguf or dummy; got {self.load_format!r}"
             )
-        if self.quantization not in (None, "int8", "none"):
+        if self.quantization not in (None, "int8", "q4", "none"):
             raise ValueError(
                 f"quantization={self.quantization!r} is not supported: leave it unset "
-                "(follow the checkpoint), or use 'int8' (CPU weight-only) or 'none'"
+                "(follow the checkpoint), or use 'q4' or 'int8' (CPU weight-only) or 'none'"
             )
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size must be a power of two; got {self.block_size}")

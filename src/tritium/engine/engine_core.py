@@ -9,7 +9,7 @@ import torch
 
 from tritium.engine.block_manager import BlockManager
 from tritium.engine.config import EngineArgs
-from tritium.engine.layers import int8_kernel
+from tritium.engine.layers import quant_kernel
 from tritium.engine.loader import Checkpoint, gguf, load_checkpoint
 from tritium.engine.messages import (
     EngineCoreInfo,
@@ -42,22 +42,29 @@ def load_engine_checkpoint(args: EngineArgs, progress: bool = True) -> Checkpoin
     )
 
 
-def resolve_quantization(args: EngineArgs, ckpt: Checkpoint) -> str | None:
-    """The weight format the model runs in: ``"int8"`` or None (``args.dtype``).
+def resolve_quantization(args: EngineArgs, ckpt: Checkpoint) -> str | dict[str, str] | None:
+    """The weight format the model runs in: one format for every layer ("q4", "int8"), a
+    format per checkpoint weight name, or None (every weight in ``args.dtype``).
 
-    Unset follows the checkpoint, as vLLM does: a quantized GGUF file stays quantized on CPU
-    (int8 weight-only, the closest format our kernel runs; it is several times finer than
-    the file's 4-bit blocks) when the kernel builds here, and dequantizes otherwise.
+    Unset follows the checkpoint, as vLLM does: on CPU the weights a GGUF file stores
+    quantized run quantized (float ones stay float) when our kernels build here, and are
+    dequantized otherwise. They run as int8, even from 4-bit files: on AVX2 both kernels are
+    bound by widening weights to fp32, not by memory, and int8 measured a little faster
+    (benchmarks/RESULTS.md) with a finer grid; "q4" keeps a Q4_1 file's blocks exactly at
+    half int8's memory.
     """
     on_cpu = args.resolved_device().type == "cpu"
-    if args.quantization == "int8":
+    if args.quantization in ("int8", "q4"):
         if not on_cpu:
-            raise ValueError("quantization='int8' is a CPU weight-only format; use bf16 on CUDA")
-        int8_kernel.ensure_available()
-        return "int8"
+            raise ValueError(
+                f"quantization={args.quantization!r} is a CPU weight-only format; use bf16 on CUDA"
+            )
+        quant_kernel.ensure_available()
+        return args.quantization
     if args.quantization is not None or not on_cpu or ckpt.gguf_file is None:
         return None
-    return "int8" if gguf.is_quantized(ckpt.gguf_file) and int8_kernel.is_available() else None
+    names = gguf.quantized_weight_names(ckpt.gguf_file)
+    return dict.fromkeys(names, "int8") if names and quant_kernel.is_available() else None
 
 
 def cap_to_sliding_window(max_len: int, args: EngineArgs, hf_config) -> int:

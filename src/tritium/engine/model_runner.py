@@ -16,7 +16,7 @@ import torch
 from tritium.engine.config import EngineArgs, default_cpu_kv_bytes
 from tritium.engine.decode_kv import DecodeKV
 from tritium.engine.layers.attention import AttentionMetadata, PrefillChunk
-from tritium.engine.layers.linear import quantize_linears_int8
+from tritium.engine.layers.linear import quantize_linears
 from tritium.engine.layers.sampler import Sampler, SamplingMetadata
 from tritium.engine.models import build_model
 from tritium.engine.scheduler import SchedulerOutput
@@ -42,7 +42,7 @@ class ModelRunner:
         hf_config,
         weights,
         max_model_len: int,
-        quantization: str | None = None,
+        quantization: str | dict[str, str] | None = None,
     ) -> None:
         self.device = args.resolved_device()
         self.dtype = args.resolved_dtype()
@@ -60,9 +60,11 @@ class ModelRunner:
         finally:
             torch.set_default_dtype(default_dtype)
         self.model.load_weights(weights)
-        self.quantization = quantization
-        if quantization == "int8":
-            quantize_linears_int8(self.model)
+        #: How the linear layers' weights are stored, e.g. "q4 x210, int8 x1"; None: dtype.
+        self.quantization: str | None = None
+        if quantization is not None:
+            counts = quantize_linears(self.model, quantization)
+            self.quantization = ", ".join(f"{k} x{n}" for k, n in sorted(counts.items())) or None
         self.model.eval()
         self.sampler = Sampler()
         self.attn_layers = self.model.attention_layers

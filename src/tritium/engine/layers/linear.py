@@ -1,62 +1,87 @@
 """Linear layers: nn.Linear, with oneDNN's matmul on CPU in float32 and optional weight-only
-int8 on CPU.
+quantization on CPU (int8, or 4-bit in blocks of 32).
 
 On CPU, for the few-row inputs of decode steps (1 to a few dozen rows against a weight
 read from memory), oneDNN's inner-product primitive runs about a third faster than the
 BLAS call behind F.linear (measured with SmolLM2-135M's shapes on AVX2). Same parameters
 and names as nn.Linear, so loading and other devices are unchanged.
 
-`quantize_int8()` swaps the weight for int8 rows and per-row scales (a quarter of the
-bytes); decode-sized inputs then run the int8 kernel (int8_kernel.py), which streams the
-int8 weight once per step. Large inputs (prefill chunks) are compute-bound instead, so they
-widen the weight back to fp32 and use the regular matmul.
+`quantize()` swaps the weight for int8 rows with per-row scales (a quarter of the bytes)
+or 4-bit blocks (an eighth, plus a scale and minimum per 32 values); decode-sized inputs
+then run our kernels (quant_kernel.py), which stream the quantized weight once per step.
+Large inputs (prefill chunks) are compute-bound instead, so they widen the weight back to
+fp32 and use the regular matmul.
 """
 
 from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tritium.engine.layers.int8_kernel import int8_linear, quantize_weight
+from tritium.engine.layers import quant_kernel as qk
 
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
-#: Rows above which an int8 layer widens its weight and runs the fp32 matmul (measured on
-#: SmolLM2-135M shapes, 2 AVX2 cores: the int8 kernel wins up to a few dozen rows).
-INT8_KERNEL_MAX_ROWS = 64
+#: Rows above which a quantized layer widens its weight and runs the fp32 matmul (measured
+#: on SmolLM2-135M shapes, 2 AVX2 cores: the kernels win up to a few dozen rows).
+QUANT_KERNEL_MAX_ROWS = 64
+
+#: Weight formats `Linear.quantize` accepts, with the in_features multiple each needs.
+QUANT_METHODS = {"int8": 8, "q4": qk.Q4_BLOCK}
 
 
 class Linear(nn.Linear):
-    """nn.Linear whose CPU float32 forward goes through oneDNN, optionally int8 weight-only."""
+    """nn.Linear whose CPU float32 forward goes through oneDNN, optionally weight-only
+    quantized (`quant` is then "int8" or "q4", and `weight` is None)."""
 
-    qweight: torch.Tensor | None
-    wscale: torch.Tensor | None
+    qweight: torch.Tensor | None  # int8 [N, K], or q4 codes [N, K / 2] uint8
+    wscale: torch.Tensor | None  # int8: [N] fp32 scales; q4: [N, K / 32, 2] fp16 (d, m)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.quant: str | None = None
         self.register_buffer("qweight", None)
         self.register_buffer("wscale", None)
 
-    def quantize_int8(self) -> None:
-        """Replace the weight by symmetric per-row int8 (CPU only). A tied weight stays
-        with its other owner (the embedding) and this layer keeps its own int8 copy."""
+    def quantize(self, method: str) -> None:
+        """Replace the weight by `method`'s format (CPU only). A tied weight stays with
+        its other owner (the embedding) and this layer keeps its own quantized copy."""
+        if method not in QUANT_METHODS:
+            raise ValueError(f"unknown weight format {method!r}; known: {sorted(QUANT_METHODS)}")
         if self.weight.device.type != "cpu":
-            raise ValueError("int8 weight-only quantization runs on CPU only")
-        if self.in_features % 8:
-            raise ValueError(f"int8 kernel needs in_features % 8 == 0, got {self.in_features}")
-        q, scale = quantize_weight(self.weight)
-        self.qweight, self.wscale = q, scale
+            raise ValueError(f"{method} weight-only quantization runs on CPU only")
+        multiple = QUANT_METHODS[method]
+        if self.in_features % multiple:
+            raise ValueError(
+                f"{method} kernel needs in_features % {multiple} == 0, got {self.in_features}"
+            )
+        if method == "int8":
+            self.qweight, self.wscale = qk.quantize_weight_int8(self.weight)
+        else:
+            self.qweight, self.wscale = qk.quantize_weight_q4(self.weight)
+        self.quant = method
         self.register_parameter("weight", None)
         if self.bias is not None:
             self.bias.data = self.bias.data.float().contiguous()
 
+    def dequantized_weight(self) -> torch.Tensor:
+        """The fp32 weight the quantized format encodes."""
+        assert self.qweight is not None and self.wscale is not None
+        if self.quant == "int8":
+            return self.qweight.float() * self.wscale[:, None]
+        return qk.dequantize_q4(self.qweight, self.wscale)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.qweight is not None:
-            assert self.wscale is not None
-            if x.numel() // self.in_features <= INT8_KERNEL_MAX_ROWS:
-                return int8_linear(x, self.qweight, self.wscale, self.bias)
-            w = (self.qweight.float() * self.wscale[:, None]).to(x.dtype)
+        if self.quant is not None:
+            assert self.qweight is not None and self.wscale is not None
+            if x.numel() // self.in_features <= QUANT_KERNEL_MAX_ROWS:
+                kernel = qk.int8_linear if self.quant == "int8" else qk.q4_linear
+                return kernel(x, self.qweight, self.wscale, self.bias)
+            w = self.dequantized_weight().to(x.dtype)
             b = None if self.bias is None else self.bias.to(x.dtype)
             return self._dense(x, w, b)
         return self._dense(x, self.weight, self.bias)
@@ -68,9 +93,29 @@ class Linear(nn.Linear):
         return F.linear(x, w, b)
 
 
-def quantize_linears_int8(model: nn.Module) -> int:
-    """Quantize every Linear of `model` to int8 weight-only; returns how many."""
-    layers = [m for m in model.modules() if isinstance(m, Linear)]
-    for layer in layers:
-        layer.quantize_int8()
-    return len(layers)
+def quantize_linears(model: nn.Module, formats: str | Mapping[str, str]) -> Counter[str]:
+    """Quantize the Linear layers of `model`; returns how many took each format.
+
+    `formats` is one format for every layer, or a format per checkpoint weight name: a
+    layer fed by several checkpoint tensors (packed q/k/v, gate/up) takes the widest of
+    theirs, and one with a float source stays unquantized. A layer whose width the format
+    cannot tile falls back to int8, then to float.
+    """
+    names = getattr(model, "checkpoint_names", None)
+    counts: Counter[str] = Counter()
+    for name, layer in model.named_modules():
+        if not isinstance(layer, Linear):
+            continue
+        if isinstance(formats, str):
+            fmt: str | None = formats
+        else:
+            sources = [formats.get(n) for n in (names(name) if names else [f"{name}.weight"])]
+            fmt = None if None in sources else ("int8" if "int8" in sources else "q4")
+        if fmt == "q4" and layer.in_features % QUANT_METHODS["q4"]:
+            fmt = "int8"
+        if fmt == "int8" and layer.in_features % QUANT_METHODS["int8"]:
+            fmt = None
+        if fmt is not None:
+            layer.quantize(fmt)
+            counts[fmt] += 1
+    return counts

@@ -241,12 +241,13 @@ def dequantize(tensor: Any) -> torch.Tensor:
     return torch.from_numpy(array).reshape(shape)
 
 
-def is_quantized(path: Path) -> bool:
-    """Whether the GGUF file stores any weight in a quantized type (Q8_0, Q4_K, ...)."""
-    from gguf import GGMLQuantizationType
-
-    floats = {GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16}
-    return any(t.tensor_type not in floats for t in open_gguf(path).tensors)
+def quantized_weight_names(path: Path) -> set[str]:
+    """The Hugging Face names of the weights the GGUF file stores quantized (Q4_1, Q8_0, ...)."""
+    return {
+        hf_tensor_name(t.name)
+        for t in open_gguf(path).tensors
+        if t.tensor_type.name not in ("F32", "F16", "BF16") and t.name not in _CONFIG_TENSORS
+    }
 
 
 def iter_weights(

@@ -169,6 +169,14 @@ class LlamaForCausalLM(nn.Module):
         """Hidden states of every token: [T, hidden]."""
         return self.model(input_ids, positions, meta)
 
+    def checkpoint_names(self, module: str) -> list[str]:
+        """The checkpoint weights a linear module is loaded from (packed ones have several)."""
+        if module == "lm_head" and self.tie_word_embeddings:
+            return ["model.embed_tokens.weight"]
+        prefix, _, leaf = module.rpartition(".")
+        parts = [ck for ck, (packed, _) in self.packed_modules_mapping.items() if packed == leaf]
+        return [f"{prefix}.{p}.weight" for p in parts] if parts else [f"{module}.weight"]
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)
 
