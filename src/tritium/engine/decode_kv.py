@@ -32,9 +32,13 @@ class DecodeKV:
         self.seqs: list[Sequence] = []
         self.lens: list[int] = []
         self.num_rebuilds = 0
+        # Per layer, views of `buf` made once per rebuild rather than once per layer per
+        # step (a one-stream step is bound by op dispatch): flat keys and values
+        # [B * capacity, KVH, D] for appending, and [B, KVH, capacity, D] for SDPA.
+        self.layer_views: list[tuple[torch.Tensor, ...]] = []
 
     def invalidate(self) -> None:
-        self.buf, self.seqs, self.lens = None, [], []
+        self.buf, self.seqs, self.lens, self.layer_views = None, [], [], []
 
     def prepare(
         self, seqs: list[Sequence], ctx_lens: list[int], tables: list[list[int]]
@@ -81,4 +85,14 @@ class DecodeKV:
         for j in range(two * layers):
             torch.index_select(src[j], 0, idx, out=dst[j])
         self.num_rebuilds += 1
+        heads = self.pool.shape[4:]
+        self.layer_views = [
+            (
+                buf[0, i].view(-1, *heads),
+                buf[1, i].view(-1, *heads),
+                buf[0, i].transpose(1, 2),
+                buf[1, i].transpose(1, 2),
+            )
+            for i in range(layers)
+        ]
         return buf

@@ -52,6 +52,9 @@ class AttentionMetadata:
     # kv_heads, head_dim] keys/values; this step's tokens go in at flat rows `decode_rows`.
     decode_kv: torch.Tensor | None = None
     decode_rows: torch.Tensor | None = None  # [num_decodes] b * capacity + position
+    # Per layer (DecodeKV.layer_views): flat keys, flat values, keys and values as
+    # [B, KVH, capacity, D]; set with decode_kv.
+    decode_views: list[tuple[torch.Tensor, ...]] | None = None
     prefills: list[PrefillChunk] = field(default_factory=list)
     # Sliding-window layers' decodes: keys [window_decode_start, decode_len) under
     # window_decode_mask (None: none needed). window_decode_start None: the window hides
@@ -82,6 +85,8 @@ class Attention(nn.Module):
         self.layer_idx = 0  # set by the model runner with the cache views
         self.k_cache = torch.empty(0)
         self.v_cache = torch.empty(0)
+        self._flat_of: torch.Tensor | None = None  # the k_cache `_flat` was made from
+        self._flat: tuple[torch.Tensor, torch.Tensor] = (self.k_cache, self.v_cache)
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata
@@ -91,8 +96,13 @@ class Attention(nn.Module):
             from tritium.engine.layers.paged_attention_triton import paged_attention_forward
 
             return paged_attention_forward(self, q, k, v, meta)  # type: ignore[arg-type]
-        kc = self.k_cache.view(-1, self.num_kv_heads, self.head_dim)
-        vc = self.v_cache.view(-1, self.num_kv_heads, self.head_dim)
+        if self._flat_of is not self.k_cache:  # the runner (re)assigned the cache views
+            self._flat = (
+                self.k_cache.view(-1, self.num_kv_heads, self.head_dim),
+                self.v_cache.view(-1, self.num_kv_heads, self.head_dim),
+            )
+            self._flat_of = self.k_cache
+        kc, vc = self._flat
         kc.index_copy_(0, meta.slot_mapping, k)
         vc.index_copy_(0, meta.slot_mapping, v)
         nd = meta.num_decodes
@@ -113,24 +123,23 @@ class Attention(nn.Module):
         lo, mask = 0, meta.decode_mask
         if self.sliding_window is not None and meta.window_decode_start is not None:
             lo, mask = meta.window_decode_start, meta.window_decode_mask
-        if meta.decode_kv is not None:  # contiguous context; add this step's token to it
-            assert meta.decode_rows is not None  # set together with decode_kv
-            kv = meta.decode_kv[:, self.layer_idx]  # [2, B, capacity, KVH, D]
-            flat = kv.view(2, -1, self.num_kv_heads, self.head_dim)
-            flat[0].index_copy_(0, meta.decode_rows, k)
-            flat[1].index_copy_(0, meta.decode_rows, v)
-            k, v = kv[0, :, lo:n], kv[1, :, lo:n]
+        if meta.decode_views is not None:  # contiguous context; add this step's token to it
+            assert meta.decode_rows is not None  # set together with decode_views
+            k_flat, v_flat, k_all, v_all = meta.decode_views[self.layer_idx]
+            k_flat.index_copy_(0, meta.decode_rows, k)
+            v_flat.index_copy_(0, meta.decode_rows, v)
+            k, v = k_all[:, :, lo:n], v_all[:, :, lo:n]  # [B, KVH, n, D]
         else:  # gather this layer's blocks (the cache already holds this step's token)
             assert meta.block_tables is not None
             idx = meta.block_tables.view(-1)
             k = self.k_cache.flatten(1).index_select(0, idx)
             v = self.v_cache.flatten(1).index_select(0, idx)
-            k = k.view(b, -1, self.num_kv_heads, self.head_dim)[:, lo:n]
-            v = v.view(b, -1, self.num_kv_heads, self.head_dim)[:, lo:n]
+            k = k.view(b, -1, self.num_kv_heads, self.head_dim)[:, lo:n].transpose(1, 2)
+            v = v.view(b, -1, self.num_kv_heads, self.head_dim)[:, lo:n].transpose(1, 2)
         o = F.scaled_dot_product_attention(
             q.unsqueeze(2),  # [B, H, 1, D]
-            k.transpose(1, 2),
-            v.transpose(1, 2),
+            k,
+            v,
             attn_mask=mask,
             scale=self.scale,
             enable_gqa=True,
