@@ -92,7 +92,9 @@ def hf_greedy(window_dirs):
         model, cur, cache, out = models[name], torch.tensor([ids]), None, []
         with torch.inference_mode():
             for _ in range(NEW_TOKENS):
-                res = model(input_ids=cur, cache=cache, use_cache=True)
+                # `past_key_values` works across transformers 5.x (5.24 renames it `cache`
+                # with a warning; 5.23 silently ignores `cache`).
+                res = model(input_ids=cur, past_key_values=cache, use_cache=True)
                 cache = res.past_key_values
                 out.append(int(res.logits[0, -1].argmax()))
                 cur = torch.tensor([[out[-1]]])
