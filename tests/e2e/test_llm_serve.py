@@ -348,30 +348,44 @@ async def test_both_models_concurrently(server: RunningServer) -> None:
 
 
 def test_cancellation_frees_the_engine(server: RunningServer) -> None:
+    def aborted(text: str) -> float:
+        m = re.search(
+            r'^vllm:request_success_total\{[^}]*finished_reason="abort"[^}]*'
+            r'model_name="smollm2"[^}]*\} (\S+)$|^vllm:request_success_total\{[^}]*'
+            r'model_name="smollm2"[^}]*finished_reason="abort"[^}]*\} (\S+)$',
+            text,
+            re.M,
+        )
+        return float(m.group(1) or m.group(2)) if m else 0.0
+
+    before = aborted(server.metrics())
     body = {"text_input": "Write a long story about a dragon.", "stream": True,
             "parameters": {"max_tokens": 1500, "ignore_eos": True}}  # fmt: skip
     with httpx.stream(
         "POST", f"{server.http_url}/v2/models/smollm2/generate_stream", json=body, timeout=60
     ) as s:
-        for i, _line in enumerate(s.iter_lines()):
-            if i >= 6:
+        events = []
+        for line in s.iter_lines():
+            if line:
+                events.append(line)
+            if len(events) >= 3:
                 break
-        text = server.metrics()
-        assert metric(text, "vllm:num_requests_running", "smollm2") == 1
-        assert metric(text, "vllm:kv_cache_usage_perc", "smollm2") > 0
-    # closing the stream mid-way is a client disconnect: the engine must abort the request
+        assert all(e.startswith("data: ") and "text_output" in e for e in events), events
+    # Closing the stream mid-way (1,500 tokens take a minute here) is a client disconnect:
+    # the engine must abort the request and give its blocks back.
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         text = server.metrics()
         if (
-            metric(text, "vllm:num_requests_running", "smollm2") == 0
+            aborted(text) == before + 1
+            and metric(text, "vllm:num_requests_running", "smollm2") == 0
             and metric(text, "vllm:kv_cache_usage_perc", "smollm2") == 0
         ):
             break
         time.sleep(0.2)
+    assert aborted(text) == before + 1
     assert metric(text, "vllm:num_requests_running", "smollm2") == 0
     assert metric(text, "vllm:kv_cache_usage_perc", "smollm2") == 0
-    assert metric(text, "vllm:request_success_total", "smollm2") >= 1
 
 
 def test_metrics_after_requests(server: RunningServer) -> None:
