@@ -112,5 +112,6 @@ class VllmMetrics:
         self.stats.sources[model_name] = source
 
     def remove_model(self, model_name: str, source: StatsSource) -> None:
-        if self.stats.sources.get(model_name) is source:
+        # ==, not `is`: a bound method (backend._stats) is a new object at every access.
+        if self.stats.sources.get(model_name) == source:
             del self.stats.sources[model_name]
