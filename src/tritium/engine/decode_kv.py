@@ -42,10 +42,11 @@ class DecodeKV:
 
     def prepare(
         self, seqs: list[Sequence], ctx_lens: list[int], tables: list[list[int]]
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The buffer and the flat row (b * capacity + position) of each sequence's new
-        token, for decodes of `seqs` whose context (new token included) is `ctx_lens`.
-        None when the buffer would exceed the budget (gather per layer instead)."""
+    ) -> tuple[list[tuple[torch.Tensor, ...]], torch.Tensor] | None:
+        """The per-layer views of the buffer (`layer_views`) and the flat row
+        (b * capacity + position) of each sequence's new token, for decodes of `seqs` whose
+        context (new token included) is `ctx_lens`. None when the buffer would exceed the
+        budget (gather per layer instead)."""
         buf = self.buf
         same = (
             buf is not None
@@ -63,7 +64,7 @@ class DecodeKV:
         assert buf is not None
         cap = buf.shape[3]
         rows = torch.tensor([b * cap + n - 1 for b, n in enumerate(ctx_lens)], dtype=torch.long)
-        return buf, rows
+        return self.layer_views, rows
 
     def _rebuild(self, ctx_lens: list[int], tables: list[list[int]]) -> torch.Tensor | None:
         bs = self.block_size

@@ -248,9 +248,7 @@ class ModelRunner:
             self._window_decodes(meta, ctx_lens, w)
         dense = self.decode_kv.prepare(seqs, ctx_lens, tables) if self.decode_kv else None
         if dense is not None:
-            assert self.decode_kv is not None
-            meta.decode_kv, meta.decode_rows = dense
-            meta.decode_views = self.decode_kv.layer_views
+            meta.decode_views, meta.decode_rows = dense
             return
         width = max(len(t) for t in tables)
         meta.block_tables = torch.tensor(

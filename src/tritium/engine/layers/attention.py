@@ -48,13 +48,11 @@ class AttentionMetadata:
     block_tables: torch.Tensor | None = None  # [num_decodes, max_blocks]
     decode_mask: torch.Tensor | None = None  # [num_decodes, 1, 1, decode_len]; None: all valid
     decode_len: int = 0  # keys each decode attends over (padded to the longest)
-    # CPU: each layer's decode context as contiguous [2, layers, num_decodes, capacity,
-    # kv_heads, head_dim] keys/values; this step's tokens go in at flat rows `decode_rows`.
-    decode_kv: torch.Tensor | None = None
-    decode_rows: torch.Tensor | None = None  # [num_decodes] b * capacity + position
-    # Per layer (DecodeKV.layer_views): flat keys, flat values, keys and values as
-    # [B, KVH, capacity, D]; set with decode_kv.
+    # CPU: the decode batch's context kept contiguous across steps (DecodeKV). Per layer:
+    # flat keys and values [B * capacity, KVH, D], where this step's tokens go in at rows
+    # `decode_rows`, and keys and values as [B, KVH, capacity, D] for SDPA.
     decode_views: list[tuple[torch.Tensor, ...]] | None = None
+    decode_rows: torch.Tensor | None = None  # [num_decodes] b * capacity + position
     prefills: list[PrefillChunk] = field(default_factory=list)
     # Sliding-window layers' decodes: keys [window_decode_start, decode_len) under
     # window_decode_mask (None: none needed). window_decode_start None: the window hides

@@ -57,8 +57,24 @@ def _compile_flags() -> list[str]:
     return flags
 
 
-@functools.cache
 def _library() -> ctypes.CDLL:
+    lib = _load()
+    if isinstance(lib, Exception):
+        raise lib
+    return lib
+
+
+@functools.cache
+def _load() -> ctypes.CDLL | KernelUnavailable | OSError:
+    """The built library, or why it cannot be had: a failure is remembered too, so every
+    model load after it does not run the compiler again."""
+    try:
+        return _build()
+    except (KernelUnavailable, OSError) as exc:
+        return exc
+
+
+def _build() -> ctypes.CDLL:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise KernelUnavailable(

@@ -290,12 +290,15 @@ int tritium_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* codes
   const int64_t nb = K / QB;
   static const float ones[NR] = {1.0f, 1.0f, 1.0f, 1.0f};
   int failed = 0;
-  float* xsum = (float*)malloc(sizeof(float) * (nb ? nb : 1));
-  if (!xsum) return -1;
-  for (int64_t b = 0; b < nb; ++b) { /* block sums of the first row (the M == 1 path) */
-    float s = 0.0f;
-    for (int i = 0; i < QB; ++i) s += x[b * QB + i];
-    xsum[b] = s;
+  float* xsum = 0;
+  if (M == 1) { /* the one-row path folds each block's minimum in through sum(x_b) */
+    xsum = (float*)malloc(sizeof(float) * (nb ? nb : 1));
+    if (!xsum) return -1;
+    for (int64_t b = 0; b < nb; ++b) {
+      float s = 0.0f;
+      for (int i = 0; i < QB; ++i) s += x[b * QB + i];
+      xsum[b] = s;
+    }
   }
 #ifdef _OPENMP
   omp_set_num_threads(nthreads);
