@@ -364,13 +364,28 @@ def test_cancellation_frees_the_engine(server: RunningServer) -> None:
     with httpx.stream(
         "POST", f"{server.http_url}/v2/models/smollm2/generate_stream", json=body, timeout=60
     ) as s:
-        events = []
+        events: list[str] = []
         for line in s.iter_lines():
             if line:
                 events.append(line)
-            if len(events) >= 3:
-                break
-        assert all(e.startswith("data: ") and "text_output" in e for e in events), events
+            if len(events) < 3:
+                continue
+            assert all(e.startswith("data: ") and "text_output" in e for e in events), events
+            # While it streams, the vllm:* gauges track it (autoscaling reads them): one
+            # request running, blocks held, generated tokens climbing between scrapes. Read
+            # them inside the loop: leaving iter_lines() closes the connection.
+            first = metric(server.metrics(), "vllm:generation_tokens_total", "smollm2")
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                text = server.metrics()
+                if metric(text, "vllm:generation_tokens_total", "smollm2") > first:
+                    break
+                time.sleep(0.2)
+            assert metric(text, "vllm:num_requests_running", "smollm2") == 1
+            assert metric(text, "vllm:kv_cache_usage_perc", "smollm2") > 0
+            assert metric(text, "vllm:generation_tokens_total", "smollm2") > first
+            break
+    assert len(events) >= 3, events
     # Closing the stream mid-way (1,500 tokens take a minute here) is a client disconnect:
     # the engine must abort the request and give its blocks back.
     deadline = time.monotonic() + 30
