@@ -1,11 +1,18 @@
-"""RMSNorm: the fused float32 path is bit-identical to Hugging Face's expression."""
+"""RMSNorm: the torch float32 path is bit-identical to Hugging Face's expression (the C op
+used on CPU is checked in test_cpu_ops.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from tritium.engine.layers import cpu_ops
 from tritium.engine.layers.norm import RMSNorm
+
+
+@pytest.fixture(autouse=True)
+def torch_ops(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cpu_ops, "enabled", lambda x: False)
 
 
 def hf_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -48,10 +48,8 @@ def resolve_quantization(args: EngineArgs, ckpt: Checkpoint) -> str | dict[str, 
 
     Unset follows the checkpoint, as vLLM does: on CPU the weights a GGUF file stores
     quantized run quantized (float ones stay float) when our kernels build here, and are
-    dequantized otherwise. They run as int8, even from 4-bit files: on AVX2 both kernels are
-    bound by widening weights to fp32, not by memory, and int8 measured a little faster
-    (benchmarks/RESULTS.md) with a finer grid; "q4" keeps a Q4_1 file's blocks exactly at
-    half int8's memory.
+    dequantized otherwise: 4-bit types as "q4" (the blocks kept exactly, inputs quantized
+    to 8 bits per block as llama.cpp does), wider types as "int8" (inputs stay fp32).
     """
     on_cpu = args.resolved_device().type == "cpu"
     if args.quantization in ("int8", "q4"):
@@ -63,8 +61,8 @@ def resolve_quantization(args: EngineArgs, ckpt: Checkpoint) -> str | dict[str, 
         return args.quantization
     if args.quantization is not None or not on_cpu or ckpt.gguf_file is None:
         return None
-    names = gguf.quantized_weight_names(ckpt.gguf_file)
-    return dict.fromkeys(names, "int8") if names and quant_kernel.is_available() else None
+    formats = gguf.quantized_weight_formats(ckpt.gguf_file)
+    return formats if formats and quant_kernel.is_available() else None
 
 
 def cap_to_sliding_window(max_len: int, args: EngineArgs, hf_config) -> int:

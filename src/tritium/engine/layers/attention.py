@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tritium.engine.layers import cpu_ops
+
 
 @dataclass
 class PrefillChunk:
@@ -101,22 +103,39 @@ class Attention(nn.Module):
             )
             self._flat_of = self.k_cache
         kc, vc = self._flat
-        kc.index_copy_(0, meta.slot_mapping, k)
-        vc.index_copy_(0, meta.slot_mapping, v)
         nd = meta.num_decodes
+        # The C ops write the pool and the contiguous decode copy in one call (fp32 CPU).
+        fast = cpu_ops.enabled(q) and cpu_ops.can_store_kv(k, v, meta.slot_mapping)
+        if fast:
+            dense = None
+            if nd and meta.decode_views is not None:
+                assert meta.decode_rows is not None  # set together with decode_views
+                k_flat, v_flat = meta.decode_views[self.layer_idx][:2]
+                dense = (k_flat, v_flat, meta.decode_rows)
+            cpu_ops.store_kv(k, v, kc, vc, meta.slot_mapping, dense)
+        else:
+            kc.index_copy_(0, meta.slot_mapping, k)
+            vc.index_copy_(0, meta.slot_mapping, v)
         if not meta.prefills:
-            return self.decode_attention(q, k, v, meta).reshape(q.shape[0], -1)
+            return self.decode_attention(q, k, v, meta, fast).reshape(q.shape[0], -1)
         out = torch.empty_like(q)
         if nd:
-            out[:nd] = self.decode_attention(q[:nd], k[:nd], v[:nd], meta)
+            out[:nd] = self.decode_attention(q[:nd], k[:nd], v[:nd], meta, fast)
         for chunk in meta.prefills:
             out[chunk.start : chunk.end] = self.prefill_attention(q, k, v, kc, vc, chunk)
         return out.view(q.shape[0], -1)
 
     def decode_attention(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        meta: AttentionMetadata,
+        fast: bool = False,
     ) -> torch.Tensor:
-        """One query token per sequence (with its new key and value) against its context."""
+        """One query token per sequence (with its new key and value) against its context.
+        `fast`: the C ops are in use, and store_kv already put this step's token into the
+        contiguous copy."""
         b, n = q.shape[0], meta.decode_len
         lo, mask = 0, meta.decode_mask
         if self.sliding_window is not None and meta.window_decode_start is not None:
@@ -124,8 +143,12 @@ class Attention(nn.Module):
         if meta.decode_views is not None:  # contiguous context; add this step's token to it
             assert meta.decode_rows is not None  # set together with decode_views
             k_flat, v_flat, k_all, v_all = meta.decode_views[self.layer_idx]
-            k_flat.index_copy_(0, meta.decode_rows, k)
-            v_flat.index_copy_(0, meta.decode_rows, v)
+            if fast and cpu_ops.can_decode_attention(q, k_all, v_all):
+                out = cpu_ops.decode_attention(q, k_all, v_all, lo, n, mask, self.scale)
+                return out.view(q.shape)
+            if not fast:
+                k_flat.index_copy_(0, meta.decode_rows, k)
+                v_flat.index_copy_(0, meta.decode_rows, v)
             k, v = k_all[:, :, lo:n], v_all[:, :, lo:n]  # [B, KVH, n, D]
         else:  # gather this layer's blocks (the cache already holds this step's token)
             assert meta.block_tables is not None

@@ -7,8 +7,9 @@ BLAS call behind F.linear (measured with SmolLM2-135M's shapes on AVX2). Same pa
 and names as nn.Linear, so loading and other devices are unchanged.
 
 `quantize()` swaps the weight for int8 rows with per-row scales (a quarter of the bytes)
-or 4-bit blocks (an eighth, plus a scale and minimum per 32 values); decode-sized inputs
-then run our kernels (quant_kernel.py), which stream the quantized weight once per step.
+or 4-bit blocks (an eighth, plus a scale and minimum per 32 values, with inputs rounded to
+8 bits per block of 32, as llama.cpp does); decode-sized inputs then run our kernels
+(quant_kernel.py), which stream the quantized weight once per step.
 Large inputs (prefill chunks) are compute-bound instead, so they widen the weight back to
 fp32 and use the regular matmul.
 """
@@ -83,6 +84,8 @@ class Linear(nn.Linear):
                 return kernel(x, self.qweight, self.wscale, self.bias)
             w = self.dequantized_weight().to(x.dtype)
             b = None if self.bias is None else self.bias.to(x.dtype)
+            if self.quant == "q4":  # the kernel's 8-bit inputs, so every row size agrees
+                x = qk.quantize_activations_q8(x.float()).to(x.dtype)
             return self._dense(x, w, b)
         return self._dense(x, self.weight, self.bias)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tritium.engine.layers import cpu_ops
+
 
 class RMSNorm(nn.Module):
     """y = x / rms(x) * weight, computed in float32 as Hugging Face does (exact match)."""
@@ -28,6 +30,14 @@ class RMSNorm(nn.Module):
         self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (normed, new residual); with `residual`, normalizes x + residual."""
+        if (
+            x.dim() == 2
+            and cpu_ops.enabled(x)
+            and x.is_contiguous()
+            and self.weight.dtype == torch.float32
+            and (residual is None or (residual.is_contiguous() and residual.dtype == x.dtype))
+        ):
+            return cpu_ops.add_rms_norm(x, residual, self.weight, self.eps)
         if residual is not None:
             x = x + residual
         return self._norm(x), x

@@ -1,129 +1,29 @@
-"""The CPU weight-only quantized matmuls (csrc/quant_linear.c: int8 and 4-bit), built once
-per machine and called through ctypes, and the functions that quantize weights for them.
-
-Building with the system C compiler takes about a second, against a minute for a torch C++
-extension, and the library links nothing but OpenMP: torch's own libgomp is already loaded,
-so both share one thread pool. The build lands in Tritium's cache folder, keyed by the
-source, the compiler flags and the CPU's vector extensions, and is renamed into place so
-concurrent processes never load a half-written file.
-"""
+"""The CPU weight-only quantized matmuls (csrc/quant_linear.c: int8 and 4-bit, built by
+native.py) and the functions that quantize weights for them."""
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import hashlib
-import logging
-import os
-import platform
-import shutil
-import subprocess
-import uuid
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-from tritium.engine.loader.cache import cache_root
+from tritium.engine.layers import native
+from tritium.engine.layers.native import KernelUnavailable, ensure_available, is_available
 
-logger = logging.getLogger(__name__)
-
-SOURCE = Path(__file__).with_name("csrc") / "quant_linear.c"
+__all__ = [
+    "KernelUnavailable",
+    "dequantize_q4",
+    "ensure_available",
+    "int8_linear",
+    "is_available",
+    "q4_linear",
+    "quantize_activations_q8",
+    "quantize_weight_int8",
+    "quantize_weight_q4",
+]  # fmt: skip
 
 #: 4-bit block size along K: the GGUF Q4_0/Q4_1 block, so those files map block for block.
 Q4_BLOCK = 32
-
-
-class KernelUnavailable(RuntimeError):
-    """The quantized kernels cannot be built or loaded here (no C compiler)."""
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def _compile_flags() -> list[str]:
-    flags = ["-O3", "-shared", "-fPIC", "-std=c11"]
-    cpu = _cpu_flags()
-    if platform.machine() in ("x86_64", "AMD64") and {"avx2", "fma", "f16c"} <= cpu:
-        flags += ["-mavx2", "-mfma", "-mf16c"]
-    return flags
-
-
-def _library() -> ctypes.CDLL:
-    lib = _load()
-    if isinstance(lib, Exception):
-        raise lib
-    return lib
-
-
-@functools.cache
-def _load() -> ctypes.CDLL | KernelUnavailable | OSError:
-    """The built library, or why it cannot be had: a failure is remembered too, so every
-    model load after it does not run the compiler again."""
-    try:
-        return _build()
-    except (KernelUnavailable, OSError) as exc:
-        return exc
-
-
-def _build() -> ctypes.CDLL:
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        raise KernelUnavailable(
-            "the quantized CPU kernels are compiled at first use and need a C compiler (cc or gcc)"
-        )
-    flags = _compile_flags()
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join([compiler, *flags]).encode()).hexdigest()[:16]
-    target = cache_root() / "kernels" / f"quant_linear-{key}.so"
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        # OpenMP first; a compiler without it still gives a working single-threaded kernel.
-        for extra in (["-fopenmp"], []):
-            cmd = [compiler, *flags, *extra, str(SOURCE), "-o", str(tmp)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode == 0:
-                break
-        else:
-            tmp.unlink(missing_ok=True)
-            raise KernelUnavailable(
-                f"building the quantized CPU kernels failed: {proc.stderr[-500:]}"
-            )
-        os.replace(tmp, target)
-        logger.info("built the quantized CPU kernels: %s", target)
-    lib = ctypes.CDLL(str(target))
-    for fn in (lib.tritium_int8_linear, lib.tritium_q4_linear):
-        # x, M, K, weight codes, scales, bias, N, out, threads
-        fn.argtypes = [
-            ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
-            ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int,
-        ]  # fmt: skip
-        fn.restype = ctypes.c_int
-    return lib
-
-
-def ensure_available() -> None:
-    """Build and load the kernels now; KernelUnavailable says why they cannot be."""
-    _library()
-
-
-def is_available() -> bool:
-    """Whether the kernels build and load on this machine."""
-    try:
-        _library()
-    except (KernelUnavailable, OSError) as exc:
-        logger.warning("quantized CPU kernels unavailable: %s", exc)
-        return False
-    return True
 
 
 def quantize_weight_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,6 +62,15 @@ def dequantize_q4(codes: torch.Tensor, dm: torch.Tensor) -> torch.Tensor:
     return (q * d[..., None] + m[..., None]).reshape(n, -1)
 
 
+def quantize_activations_q8(x: torch.Tensor) -> torch.Tensor:
+    """x (fp32, last dim a multiple of 32) as the q4 kernel sees it: each block of 32 values
+    rounded to 8 bits with its own scale (llama.cpp's Q8_1), and back to fp32."""
+    blocks = x.reshape(*x.shape[:-1], -1, Q4_BLOCK)
+    d = blocks.abs().amax(dim=-1, keepdim=True) / 127.0
+    inv = torch.where(d > 0, 1.0 / d, torch.zeros_like(d))
+    return (torch.round(blocks * inv) * d).reshape(x.shape)
+
+
 def _call(
     fn: Callable[..., int],
     x: torch.Tensor,
@@ -195,11 +104,12 @@ def int8_linear(
     x: [..., K] float; qweight: [N, K] int8 (K a multiple of 8); scale, bias: [N] float32,
     contiguous (Linear.quantize makes them so).
     """
-    return _call(_library().tritium_int8_linear, x, qweight, scale, bias)
+    return _call(native.library().tritium_int8_linear, x, qweight, scale, bias)
 
 
 def q4_linear(
     x: torch.Tensor, codes: torch.Tensor, dm: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
-    """``x @ dequantize_q4(codes, dm).T + bias`` on CPU, in x's dtype (K a multiple of 32)."""
-    return _call(_library().tritium_q4_linear, x, codes, dm, bias)
+    """``quantize_activations_q8(x) @ dequantize_q4(codes, dm).T + bias`` on CPU, in x's
+    dtype (K a multiple of 32): 4-bit weights times 8-bit inputs, as llama.cpp computes."""
+    return _call(native.library().tritium_q4_linear, x, codes, dm, bias)

@@ -241,10 +241,17 @@ def dequantize(tensor: Any) -> torch.Tensor:
     return torch.from_numpy(array).reshape(shape)
 
 
-def quantized_weight_names(path: Path) -> set[str]:
-    """The Hugging Face names of the weights the GGUF file stores quantized (Q4_1, Q8_0, ...)."""
+#: GGUF types of at most 4 bits per weight, which run as "q4"; wider ones (Q5_*, Q6_K, Q8_*)
+#: run as "int8", so a weight never loses precision it had in the file.
+_FOUR_BIT_OR_LESS = ("Q4", "Q3", "Q2", "IQ4", "IQ3", "IQ2", "IQ1", "TQ")
+
+
+def quantized_weight_formats(path: Path) -> dict[str, str]:
+    """The Hugging Face names of the weights the GGUF file stores quantized, each with the
+    CPU format it runs in: "q4" for 4-bit-or-less types (Q4_0, Q4_1, Q4_K, ...), "int8" for
+    the wider ones (Q5_*, Q6_K, Q8_0, ...)."""
     return {
-        hf_tensor_name(t.name)
+        hf_tensor_name(t.name): "q4" if t.tensor_type.name.startswith(_FOUR_BIT_OR_LESS) else "int8"
         for t in open_gguf(path).tensors
         if t.tensor_type.name not in ("F32", "F16", "BF16") and t.name not in _CONFIG_TENSORS
     }

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tritium.engine.layers import cpu_ops
 from tritium.engine.layers.attention import Attention, AttentionMetadata
 from tritium.engine.layers.linear import Linear
 from tritium.engine.layers.norm import RMSNorm
@@ -74,6 +75,10 @@ class LlamaAttention(nn.Module):
             q, k = qkv[:, : self.q_size], qkv[:, self.q_size : self.q_size + self.kv_size]
             q = apply_rope(self.q_norm(q.view(t, h, d))[0], rope)
             k = apply_rope(self.k_norm(k.view(t, self.num_kv_heads, d))[0], rope)
+        elif cpu_ops.enabled(qkv) and qkv.is_contiguous():  # in place, one call
+            cpu_ops.rope_(qkv, h + self.num_kv_heads, d, *rope)
+            q = qkv[:, : self.q_size].view(t, h, d)
+            k = qkv[:, self.q_size : self.q_size + self.kv_size].view(t, self.num_kv_heads, d)
         else:  # q and k side by side: one rotation for both
             qk = apply_rope(qkv[:, : self.q_size + self.kv_size].view(t, -1, d), rope)
             q, k = qk[:, :h], qk[:, h:]
@@ -91,7 +96,10 @@ class LlamaMLP(nn.Module):
             raise ValueError(f"unsupported hidden_act {config.hidden_act!r} (only silu)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
+        gate_up = self.gate_up_proj(x)
+        if gate_up.dim() == 2 and cpu_ops.enabled(gate_up) and gate_up.is_contiguous():
+            return self.down_proj(cpu_ops.silu_mul(gate_up))
+        gate, up = gate_up.split(self.intermediate_size, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
 

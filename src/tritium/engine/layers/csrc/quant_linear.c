@@ -3,20 +3,23 @@
  *   tritium_int8_linear: int8 weights, one fp32 scale per output row.
  *   tritium_q4_linear:   4-bit codes in blocks of 32 with an fp16 scale d and minimum m per
  *                        block (w = d * q + m: llama.cpp's Q4_1 layout, so a Q4_1 GGUF's
- *                        weights are kept exactly); half the bytes of int8.
+ *                        weights are kept exactly); half the bytes of int8. Its input rows
+ *                        are quantized to 8 bits per block of 32, as llama.cpp does.
  *
  * out[M, N] = x[M, K] @ W^T + bias. Decode steps multiply a few rows by every weight of the
- * model, so they are bound by reading weights from memory. Each thread takes tiles of NR
- * weight rows. One input row (batch-1 decode) streams the tile straight into FMAs, with
- * explicit prefetch (on the 2-core VMs we measure on, the hardware prefetcher alone leaves
- * about a third of the bandwidth unused). Several rows widen the tile to fp32 once into an
- * L1-resident buffer and multiply it by the rows three at a time (12 independent FMA chains).
- * Activations stay fp32 (no activation quantization), so the result equals fp32 math on the
- * dequantized weights up to summation order.
+ * model, so they are bound by reading weights from memory.
+ *
+ * int8 keeps activations fp32: the result equals fp32 math on the dequantized weights up to
+ * summation order. Each thread takes tiles of NR weight rows. One input row (batch-1
+ * decode) streams the tile straight into FMAs, with explicit prefetch (on the 2-core VMs we
+ * measure on, the hardware prefetcher alone leaves about a third of the bandwidth unused).
+ * Several rows widen the tile to fp32 once into an L1-resident buffer and multiply it by
+ * the rows three at a time (12 independent FMA chains).
  *
  * Built at run time with the system C compiler; the AVX2 path is used where the compiler
  * targets it (-mavx2 -mfma -mf16c), plain C loops elsewhere.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #ifdef _OPENMP
@@ -199,51 +202,72 @@ int tritium_int8_linear(const float* x, int64_t M, int64_t K, const int8_t* w,
 
 #define QB 32 /* q4 values per block */
 
+/* The 4-bit path quantizes each input row to 8 bits in blocks of 32 as it starts (llama.cpp's
+ * Q8_1: a scale d_x and s_x = d_x * sum(q_x) per block), so a block's dot product is integer
+ * work: d_w * d_x * (q_w . q_x) + m_w * s_x. Widening 4-bit codes to fp32 costs more than
+ * reading them from memory; bytes times bytes do 32 multiply-adds in two instructions. The
+ * per-row arithmetic does not depend on M, so a row's result is the same alone or batched. */
+
+static void quantize_row_q8(const float* x, int64_t K, int8_t* q, float* d, float* s) {
+  for (int64_t b = 0; b < K / QB; ++b) {
+    const float* xb = x + b * QB;
+    float amax = 0.0f;
+    for (int i = 0; i < QB; ++i) {
+      const float a = xb[i] < 0 ? -xb[i] : xb[i];
+      amax = a > amax ? a : amax;
+    }
+    const float db = amax / 127.0f, id = db != 0.0f ? 1.0f / db : 0.0f;
+    int sum = 0;
+    for (int i = 0; i < QB; ++i) {
+      const int v = (int)nearbyintf(xb[i] * id); /* round half to even, as torch.round */
+      q[b * QB + i] = (int8_t)v;
+      sum += v;
+    }
+    d[b] = db;
+    s[b] = db * (float)sum;
+  }
+}
+
 #ifdef HAVE_GEMV
-/* The 32 codes of one block as four fp32 vectors (values 0-7, 8-15, 16-23, 24-31). */
-static inline void q4_unpack(const uint8_t* p, __m256* q) {
+/* The 32 codes of one block as bytes in value order (0-15 from the low nibbles). */
+static inline __m256i q4_bytes(const uint8_t* p) {
   const __m128i bytes = _mm_loadu_si128((const __m128i*)p);
   const __m128i mask = _mm_set1_epi8(0x0F);
   const __m128i lo = _mm_and_si128(bytes, mask);
   const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
-  q[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
-  q[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
-  q[2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
-  q[3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
+  return _mm256_set_m128i(hi, lo);
 }
 
-/* out[j] = sum_b d_jb * (x_b . q_jb) + m_jb * sum(x_b), for the nr rows of one tile. */
-static void q4_gemv_tile(const float* x, const float* xsum, int64_t K, const uint8_t* codes,
-                         const uint16_t* dm, int nr, const float* bias, float* out) {
-  const int64_t nb = K / QB;
-  for (int j = 0; j < nr; ++j) {
-    const uint8_t* row = codes + j * (K / 2);
-    const uint16_t* rdm = dm + j * nb * 2;
-    __m256 acc = _mm256_setzero_ps();
-    float macc = 0.0f;
-    for (int64_t b = 0; b < nb; ++b) {
-      _mm_prefetch((const char*)(row + 16 * b + PREFETCH_BYTES / 2), _MM_HINT_T0);
-      __m256 q[4];
-      q4_unpack(row + 16 * b, q);
-      const float* xb = x + b * QB;
-      __m256 t = _mm256_mul_ps(_mm256_loadu_ps(xb), q[0]);
-      t = _mm256_fmadd_ps(_mm256_loadu_ps(xb + 8), q[1], t);
-      t = _mm256_fmadd_ps(_mm256_loadu_ps(xb + 16), q[2], t);
-      t = _mm256_fmadd_ps(_mm256_loadu_ps(xb + 24), q[3], t);
-      acc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(rdm[2 * b])), t, acc);
-      macc += _cvtsh_ss(rdm[2 * b + 1]) * xsum[b];
-    }
-    out[j] = hsum(acc) + macc + (bias ? bias[j] : 0.0f);
+/* One weight row against one quantized input row, straight from memory with prefetch; two
+ * FMA chains (even and odd blocks), as one would wait on the FMA latency. */
+static float q4q8_row(const uint8_t* row, const uint16_t* rdm, int64_t nb, const int8_t* xq,
+                      const float* xd, const float* xs) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  float macc = 0.0f;
+  for (int64_t b = 0; b < nb; ++b) {
+    _mm_prefetch((const char*)(row + 16 * b + PREFETCH_BYTES / 2), _MM_HINT_T0);
+    const __m256i w = q4_bytes(row + 16 * b);
+    const __m256i x = _mm256_loadu_si256((const __m256i*)(xq + QB * b));
+    /* codes are 0-15, so u8 x s8 pairs fit int16 without saturating */
+    const __m256i dot = _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones);
+    acc[b & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot),
+                                 _mm256_set1_ps(_cvtsh_ss(rdm[2 * b]) * xd[b]), acc[b & 1]);
+    macc += _cvtsh_ss(rdm[2 * b + 1]) * xs[b];
   }
+  return hsum(_mm256_add_ps(acc[0], acc[1])) + macc;
 }
 
 static void q4_widen_row(const uint8_t* row, const uint16_t* rdm, int64_t K, float* wf) {
   for (int64_t b = 0; b < K / QB; ++b) {
-    __m256 q[4];
-    q4_unpack(row + 16 * b, q);
+    const __m256i w = q4_bytes(row + 16 * b);
     const __m256 d = _mm256_set1_ps(_cvtsh_ss(rdm[2 * b]));
     const __m256 m = _mm256_set1_ps(_cvtsh_ss(rdm[2 * b + 1]));
-    for (int i = 0; i < 4; ++i) _mm256_store_ps(wf + b * QB + 8 * i, _mm256_fmadd_ps(d, q[i], m));
+    for (int i = 0; i < 4; ++i) {
+      const __m128i part = i < 2 ? _mm256_castsi256_si128(w) : _mm256_extracti128_si256(w, 1);
+      const __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(i & 1 ? _mm_srli_si128(part, 8) : part));
+      _mm256_store_ps(wf + b * QB + 8 * i, _mm256_fmadd_ps(d, q, m));
+    }
   }
 }
 
@@ -271,6 +295,18 @@ static inline float q4_half(uint16_t h) {
   return f;
 }
 
+static float q4q8_row(const uint8_t* row, const uint16_t* rdm, int64_t nb, const int8_t* xq,
+                      const float* xd, const float* xs) {
+  float acc = 0.0f;
+  for (int64_t b = 0; b < nb; ++b) {
+    int dot = 0;
+    for (int i = 0; i < 16; ++i)
+      dot += (row[16 * b + i] & 0x0F) * xq[QB * b + i] + (row[16 * b + i] >> 4) * xq[QB * b + 16 + i];
+    acc += (float)dot * (q4_half(rdm[2 * b]) * xd[b]) + q4_half(rdm[2 * b + 1]) * xs[b];
+  }
+  return acc;
+}
+
 static void q4_widen_row(const uint8_t* row, const uint16_t* rdm, int64_t K, float* wf) {
   for (int64_t b = 0; b < K / QB; ++b) {
     const float d = q4_half(rdm[2 * b]), m = q4_half(rdm[2 * b + 1]);
@@ -283,30 +319,37 @@ static void q4_widen_row(const uint8_t* row, const uint16_t* rdm, int64_t K, flo
 
 #endif
 
-/* Returns 0, or -1 when a scratch buffer cannot be allocated. K is a multiple of 32. */
+/* Returns 0, or -1 when a scratch buffer cannot be allocated. K is a multiple of 32.
+ * One input row runs the integer dot products. Several rows take the same quantized inputs
+ * back to fp32 (d_x * q_x) and multiply them by the weight tile widened once to fp32
+ * in L1, as the int8 path does: the same products, rounded in a different order, at a
+ * quarter of the instructions per multiply-add once a tile serves a few rows. */
 int tritium_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* codes,
                       const uint16_t* dm, const float* bias, int64_t N, float* out,
                       int nthreads) {
-  const int64_t nb = K / QB;
   static const float ones[NR] = {1.0f, 1.0f, 1.0f, 1.0f};
-  int failed = 0;
-  float* xsum = 0;
-  if (M == 1) { /* the one-row path folds each block's minimum in through sum(x_b) */
-    xsum = (float*)malloc(sizeof(float) * (nb ? nb : 1));
-    if (!xsum) return -1;
-    for (int64_t b = 0; b < nb; ++b) {
-      float s = 0.0f;
-      for (int i = 0; i < QB; ++i) s += x[b * QB + i];
-      xsum[b] = s;
-    }
+  const int64_t nb = K / QB;
+  int8_t* xq = (int8_t*)malloc((size_t)(M * K) + 64);
+  float* xd = (float*)malloc(sizeof(float) * (size_t)(M * nb + 1));
+  float* xs = (float*)malloc(sizeof(float) * (size_t)(M * nb + 1));
+  float* xf = M > 1 ? (float*)malloc(sizeof(float) * (size_t)(M * K)) : 0;
+  if (!xq || !xd || !xs || (M > 1 && !xf)) {
+    free(xq), free(xd), free(xs), free(xf);
+    return -1;
   }
+  for (int64_t m = 0; m < M; ++m) {
+    quantize_row_q8(x + m * K, K, xq + m * K, xd + m * nb, xs + m * nb);
+    if (xf)
+      for (int64_t k = 0; k < K; ++k) xf[m * K + k] = xd[m * nb + k / QB] * (float)xq[m * K + k];
+  }
+  int failed = 0;
 #ifdef _OPENMP
   omp_set_num_threads(nthreads);
 #pragma omp parallel
 #endif
   {
-    float* wf = (float*)aligned_alloc(64, sizeof(float) * NR * ((K + 15) / 16) * 16);
-    if (!wf) {
+    float* wf = xf ? (float*)aligned_alloc(64, sizeof(float) * NR * ((K + 15) / 16) * 16) : 0;
+    if (xf && !wf) {
 #ifdef _OPENMP
 #pragma omp atomic write
 #endif
@@ -316,16 +359,16 @@ int tritium_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* codes
 #pragma omp for schedule(static)
 #endif
     for (int64_t n0 = 0; n0 < N; n0 += NR) {
-      if (!wf) continue;
       const int nr = N - n0 < NR ? (int)(N - n0) : NR;
       const uint8_t* c = codes + n0 * (K / 2);
       const uint16_t* d = dm + n0 * nb * 2;
-#ifdef HAVE_GEMV
       if (M == 1) {
-        q4_gemv_tile(x, xsum, K, c, d, nr, bias ? bias + n0 : 0, out + n0);
+        for (int j = 0; j < nr; ++j)
+          out[n0 + j] = q4q8_row(c + j * (K / 2), d + j * nb * 2, nb, xq, xd, xs) +
+                        (bias ? bias[n0 + j] : 0.0f);
         continue;
       }
-#endif
+      if (!wf) continue;
       for (int j = 0; j < NR; ++j) {
         if (j < nr) {
           q4_widen_row(c + j * (K / 2), d + j * nb * 2, K, wf + j * K);
@@ -333,10 +376,10 @@ int tritium_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* codes
           for (int64_t k = 0; k < K; ++k) wf[j * K + k] = 0.0f;
         }
       }
-      tile_rows(x, M, K, wf, nr, ones, bias ? bias + n0 : 0, N, out + n0);
+      tile_rows(xf, M, K, wf, nr, ones, bias ? bias + n0 : 0, N, out + n0);
     }
     free(wf);
   }
-  free(xsum);
+  free(xq), free(xd), free(xs), free(xf);
   return failed ? -1 : 0;
 }

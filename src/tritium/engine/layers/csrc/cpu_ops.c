@@ -1,0 +1,210 @@
+/* The small fused ops of a CPU decode step, called from cpu_ops.py:
+ *
+ *   tritium_add_rms_norm:    residual += x (optional), out = rmsnorm(residual) * weight
+ *   tritium_rope:            rotate-half RoPE of q and k heads, in place in the qkv rows
+ *   tritium_silu_mul:        out = silu(gate) * up, from the packed gate/up rows
+ *   tritium_store_kv:        a step's keys and values into the paged pool and, for decodes,
+ *                            into the contiguous decode copy (DecodeKV)
+ *   tritium_decode_attention: one query token per sequence against its contiguous context,
+ *                            grouped-query, with an optional additive mask
+ *
+ * A SmolLM2 decode step at batch 1 is ~1,200 torch ops of 2-20 us of dispatch each for
+ * vectors of a few hundred floats; these do each group's work in one call of about a
+ * microsecond. All fp32, row-major. Built with -ffp-contract=off so the plain-C expressions
+ * round as torch's do: RoPE is bit-identical to the torch expression; the norm, SiLU and
+ * attention sum in a different order (within a few ulp).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define HAVE_AVX2 1
+
+static inline float hsum8(__m256 v) {
+  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+  lo = _mm_add_ps(lo, hi);
+  __m128 sh = _mm_movehdup_ps(lo), s = _mm_add_ps(lo, sh);
+  sh = _mm_movehl_ps(sh, s);
+  s = _mm_add_ss(s, sh);
+  return _mm_cvtss_f32(s);
+}
+#endif
+
+/* Work below this many multiply-adds stays on the calling thread: waking the OpenMP team
+ * costs more than a 576-float row. */
+#define PARALLEL_WORK 32768
+
+static float sum_squares(const float* x, int64_t n) {
+  int64_t i = 0;
+  float s = 0.0f;
+#ifdef HAVE_AVX2
+  __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
+  for (; i + 16 <= n; i += 16) {
+    const __m256 u = _mm256_loadu_ps(x + i), v = _mm256_loadu_ps(x + i + 8);
+    a = _mm256_fmadd_ps(u, u, a);
+    b = _mm256_fmadd_ps(v, v, b);
+  }
+  s = hsum8(_mm256_add_ps(a, b));
+#endif
+  for (; i < n; ++i) s += x[i] * x[i];
+  return s;
+}
+
+void tritium_add_rms_norm(const float* x, float* residual, const float* weight, int64_t T,
+                          int64_t N, float eps, float* out) {
+  /* residual NULL: out = norm(x). Otherwise residual += x, then out = norm(residual). */
+#pragma omp parallel for schedule(static) if (T * N >= PARALLEL_WORK)
+  for (int64_t t = 0; t < T; ++t) {
+    const float* xr = x + t * N;
+    float* src = (float*)xr;
+    if (residual) {
+      src = residual + t * N;
+      for (int64_t i = 0; i < N; ++i) src[i] += xr[i];
+    }
+    const float r = 1.0f / sqrtf(sum_squares(src, N) / (float)N + eps);
+    float* o = out + t * N;
+    for (int64_t i = 0; i < N; ++i) o[i] = weight[i] * (src[i] * r);
+  }
+}
+
+void tritium_rope(float* qkv, int64_t T, int64_t row_stride, int64_t heads, int64_t D,
+                  const float* cos, const float* sin) {
+  /* x * cos + roll(x, D/2) * sin per head, for the first `heads` heads of each row; cos and
+   * sin are the step's rows [T, D] with rotate-half's sign already folded into sin. */
+  const int64_t half = D / 2;
+#pragma omp parallel for schedule(static) if (T * heads * D >= PARALLEL_WORK)
+  for (int64_t t = 0; t < T; ++t) {
+    const float* c = cos + t * D;
+    const float* s = sin + t * D;
+    for (int64_t h = 0; h < heads; ++h) {
+      float* x = qkv + t * row_stride + h * D;
+      float tmp[512];
+      float* lo = D <= 512 ? tmp : x; /* D > 512 does not occur in any supported model */
+      memcpy(lo, x, sizeof(float) * (size_t)D);
+      for (int64_t i = 0; i < half; ++i) {
+        const float a = lo[i] * c[i], b = lo[i + half] * s[i];
+        const float a2 = lo[i + half] * c[i + half], b2 = lo[i] * s[i + half];
+        x[i] = a + b;
+        x[i + half] = a2 + b2;
+      }
+    }
+  }
+}
+
+void tritium_silu_mul(const float* gate_up, int64_t T, int64_t I, float* out) {
+#pragma omp parallel for schedule(static) if (T * I >= PARALLEL_WORK)
+  for (int64_t t = 0; t < T; ++t) {
+    const float* g = gate_up + t * 2 * I;
+    const float* u = g + I;
+    float* o = out + t * I;
+    for (int64_t i = 0; i < I; ++i) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+  }
+}
+
+void tritium_store_kv(const float* k, const float* v, int64_t T, int64_t row_stride,
+                      int64_t width, float* k_pool, float* v_pool, const int64_t* slots,
+                      float* k_dense, float* v_dense, const int64_t* rows, int64_t num_rows) {
+  /* k, v: T rows of `width` floats, `row_stride` apart (views into the qkv rows). Token t
+   * goes to pool row slots[t]; the first num_rows tokens also to dense row rows[t]. */
+  const size_t bytes = sizeof(float) * (size_t)width;
+  for (int64_t t = 0; t < T; ++t) {
+    memcpy(k_pool + slots[t] * width, k + t * row_stride, bytes);
+    memcpy(v_pool + slots[t] * width, v + t * row_stride, bytes);
+  }
+  for (int64_t t = 0; t < num_rows; ++t) {
+    memcpy(k_dense + rows[t] * width, k + t * row_stride, bytes);
+    memcpy(v_dense + rows[t] * width, v + t * row_stride, bytes);
+  }
+}
+
+static inline float dot(const float* a, const float* b, int64_t n) {
+  int64_t i = 0;
+  float s = 0.0f;
+#ifdef HAVE_AVX2
+  __m256 acc = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps();
+  for (; i + 16 <= n; i += 16) {
+    acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+    acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc2);
+  }
+  for (; i + 8 <= n; i += 8)
+    acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+  s = hsum8(_mm256_add_ps(acc, acc2));
+#endif
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+static inline void axpy(float* y, float a, const float* x, int64_t n) {
+  int64_t i = 0;
+#ifdef HAVE_AVX2
+  const __m256 av = _mm256_set1_ps(a);
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+#endif
+  for (; i < n; ++i) y[i] += a * x[i];
+}
+
+#define KEY_CHUNK 128
+#define MAX_GROUP 16
+#define MAX_HEAD_DIM 512
+
+void tritium_decode_attention(const float* q, int64_t q_row_stride, int64_t B, int64_t H,
+                              int64_t KVH, int64_t D, const float* k, const float* v,
+                              int64_t stride_b, int64_t stride_h, int64_t stride_t, int64_t lo,
+                              int64_t n, const float* mask, float scale, float* out) {
+  /* q: B rows of H heads of D (row b at q + b * q_row_stride); k, v: [B, KVH, tokens, D]
+   * with the given strides (in floats; D contiguous); each sequence attends to keys
+   * [lo, n), adding mask[b, j - lo] ([B, n - lo]) when given.
+   * out: [B, H * D]. Online softmax over chunks of keys, in fp32. Requires H / KVH <=
+   * MAX_GROUP and D <= MAX_HEAD_DIM (the caller checks). */
+  const int64_t group = H / KVH, len = n - lo;
+#pragma omp parallel for schedule(static) collapse(2) if (B * H * len * D >= PARALLEL_WORK)
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t kh = 0; kh < KVH; ++kh) {
+      const float* kb = k + b * stride_b + kh * stride_h + lo * stride_t;
+      const float* vb = v + b * stride_b + kh * stride_h + lo * stride_t;
+      const float* mb = mask ? mask + b * len : NULL;
+      float acc[MAX_GROUP][MAX_HEAD_DIM];
+      float run_max[MAX_GROUP], run_sum[MAX_GROUP], scores[KEY_CHUNK];
+      for (int64_t g = 0; g < group; ++g) {
+        run_max[g] = -INFINITY;
+        run_sum[g] = 0.0f;
+        memset(acc[g], 0, sizeof(float) * (size_t)D);
+      }
+      for (int64_t j0 = 0; j0 < len; j0 += KEY_CHUNK) {
+        const int64_t nj = len - j0 < KEY_CHUNK ? len - j0 : KEY_CHUNK;
+        for (int64_t g = 0; g < group; ++g) {
+          const float* qh = q + b * q_row_stride + (kh * group + g) * D;
+          float m = -INFINITY;
+          for (int64_t j = 0; j < nj; ++j) {
+            float s = dot(qh, kb + (j0 + j) * stride_t, D) * scale;
+            if (mb) s += mb[j0 + j];
+            scores[j] = s;
+            if (s > m) m = s;
+          }
+          if (m == -INFINITY) continue; /* every key of this chunk is masked */
+          const float new_max = m > run_max[g] ? m : run_max[g];
+          const float correction = expf(run_max[g] - new_max);
+          run_sum[g] *= correction;
+          for (int64_t i = 0; i < D; ++i) acc[g][i] *= correction;
+          for (int64_t j = 0; j < nj; ++j) {
+            const float p = expf(scores[j] - new_max);
+            run_sum[g] += p;
+            axpy(acc[g], p, vb + (j0 + j) * stride_t, D);
+          }
+          run_max[g] = new_max;
+        }
+      }
+      for (int64_t g = 0; g < group; ++g) {
+        float* o = out + b * H * D + (kh * group + g) * D;
+        const float inv = run_sum[g] > 0.0f ? 1.0f / run_sum[g] : 0.0f;
+        for (int64_t i = 0; i < D; ++i) o[i] = acc[g][i] * inv;
+      }
+    }
+  }
+}

@@ -1,0 +1,144 @@
+"""Tritium's C kernels for CPU (csrc/*.c): the quantized matmuls (quant_linear.c) and the
+small fused ops of a decode step (cpu_ops.c), built once per machine into one library and
+called through ctypes.
+
+Building with the system C compiler takes about a second, against a minute for a torch C++
+extension, and the library links nothing but OpenMP: torch's own libgomp is already loaded,
+so both share one thread pool. The build lands in Tritium's cache folder, keyed by the
+sources, the compiler flags and the CPU's vector extensions, and is renamed into place so
+concurrent processes never load a half-written file.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+from tritium.engine.loader.cache import cache_root
+
+logger = logging.getLogger(__name__)
+
+SOURCES = (
+    Path(__file__).with_name("csrc") / "quant_linear.c",
+    Path(__file__).with_name("csrc") / "cpu_ops.c",
+)
+
+_p, _i64, _int, _f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+#: Every exported function: (argument types, return type).
+SIGNATURES: dict[str, tuple[list, object]] = {
+    # x, M, K, weight codes, scales, bias, N, out, threads
+    "tritium_int8_linear": ([_p, _i64, _i64, _p, _p, _p, _i64, _p, _int], _int),
+    "tritium_q4_linear": ([_p, _i64, _i64, _p, _p, _p, _i64, _p, _int], _int),
+    # x, residual, weight, T, N, eps, out
+    "tritium_add_rms_norm": ([_p, _p, _p, _i64, _i64, _f32, _p], None),
+    # qkv, T, row stride, heads, D, cos, sin
+    "tritium_rope": ([_p, _i64, _i64, _i64, _i64, _p, _p], None),
+    # gate_up, T, I, out
+    "tritium_silu_mul": ([_p, _i64, _i64, _p], None),
+    # k, v, T, row stride, width, k pool, v pool, slots, k dense, v dense, rows, num rows
+    "tritium_store_kv": ([_p, _p, _i64, _i64, _i64, _p, _p, _p, _p, _p, _p, _i64], None),
+    # q, q row stride, B, H, KVH, D, k, v, k/v strides (batch, head, token), lo, n, mask,
+    # scale, out
+    "tritium_decode_attention": (
+        [_p, _i64, _i64, _i64, _i64, _i64, _p, _p, _i64, _i64, _i64, _i64, _i64, _p, _f32, _p],
+        None,
+    ),
+}
+
+
+class KernelUnavailable(RuntimeError):
+    """The C kernels cannot be built or loaded here (no C compiler)."""
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _compile_flags() -> list[str]:
+    # No FMA contraction of plain-C expressions: they then round exactly as torch's ops do.
+    flags = ["-O3", "-shared", "-fPIC", "-std=c11", "-ffp-contract=off"]
+    cpu = _cpu_flags()
+    if platform.machine() in ("x86_64", "AMD64") and {"avx2", "fma", "f16c"} <= cpu:
+        flags += ["-mavx2", "-mfma", "-mf16c"]
+    return flags
+
+
+def library() -> ctypes.CDLL:
+    """The loaded library; KernelUnavailable (or OSError) says why it cannot be had."""
+    lib = _load()
+    if isinstance(lib, Exception):
+        raise lib
+    return lib
+
+
+@functools.cache
+def _load() -> ctypes.CDLL | KernelUnavailable | OSError:
+    """The built library, or why it cannot be had: a failure is remembered too, so every
+    model load after it does not run the compiler again."""
+    try:
+        return _build()
+    except (KernelUnavailable, OSError) as exc:
+        return exc
+
+
+def _build() -> ctypes.CDLL:
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise KernelUnavailable(
+            "Tritium's CPU kernels are compiled at first use and need a C compiler (cc or gcc)"
+        )
+    flags = _compile_flags()
+    digest = hashlib.sha256(" ".join([compiler, *flags]).encode())
+    for src in SOURCES:
+        digest.update(src.read_bytes())
+    target = cache_root() / "kernels" / f"tritium_cpu-{digest.hexdigest()[:16]}.so"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        # OpenMP first; a compiler without it still gives working single-threaded kernels.
+        for extra in (["-fopenmp"], []):
+            cmd = [compiler, *flags, *extra, *map(str, SOURCES), "-lm", "-o", str(tmp)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode == 0:
+                break
+        else:
+            tmp.unlink(missing_ok=True)
+            raise KernelUnavailable(f"building Tritium's CPU kernels failed: {proc.stderr[-500:]}")
+        os.replace(tmp, target)
+        logger.info("built Tritium's CPU kernels: %s", target)
+    lib = ctypes.CDLL(str(target))
+    for name, (argtypes, restype) in SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes = argtypes
+        fn.restype = restype
+    return lib
+
+
+def ensure_available() -> None:
+    """Build and load the kernels now; KernelUnavailable says why they cannot be."""
+    library()
+
+
+def is_available() -> bool:
+    """Whether the kernels build and load on this machine."""
+    try:
+        library()
+    except (KernelUnavailable, OSError) as exc:
+        logger.warning("Tritium's CPU kernels are unavailable: %s", exc)
+        return False
+    return True

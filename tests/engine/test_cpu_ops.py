@@ -1,0 +1,173 @@
+"""The fused C ops of a CPU step against the torch expressions they replace."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tritium.engine.layers import cpu_ops
+from tritium.engine.layers.attention import Attention, AttentionMetadata
+from tritium.engine.layers.norm import RMSNorm
+from tritium.engine.layers.rotary import apply_rope
+
+pytestmark = pytest.mark.skipif(
+    not cpu_ops.enabled(torch.zeros(1)), reason="the CPU ops need a C compiler"
+)
+
+
+def hf_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    variance = x.pow(2).mean(-1, keepdim=True)
+    return weight * (x * torch.rsqrt(variance + eps))
+
+
+@pytest.mark.parametrize("rows", [1, 7, 300])
+def test_add_rms_norm(rows: int) -> None:
+    torch.manual_seed(rows)
+    weight = torch.randn(576) * 2
+    x = torch.randn(rows, 576) * torch.logspace(-2, 2, 576)  # outlier channels, as in LLMs
+    residual = torch.randn(rows, 576)
+    expected_sum = x + residual
+    out, new_residual = cpu_ops.add_rms_norm(x, residual.clone(), weight, 1e-5)
+    assert torch.equal(new_residual, expected_sum)  # one float add per element: exact
+    torch.testing.assert_close(out, hf_rms_norm(expected_sum, weight, 1e-5), rtol=2e-6, atol=1e-6)
+    out, same = cpu_ops.add_rms_norm(x, None, weight, 1e-5)
+    assert same is x
+    torch.testing.assert_close(out, hf_rms_norm(x, weight, 1e-5), rtol=2e-6, atol=1e-6)
+
+
+def test_rms_norm_module_takes_the_op_for_2d_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    norm = RMSNorm(64, eps=1e-6)
+    norm.weight.data = torch.randn(64)
+    x, residual = torch.randn(3, 64), torch.randn(3, 64)
+    expected_sum = x + residual
+    calls = []
+    real = cpu_ops.add_rms_norm
+    monkeypatch.setattr(cpu_ops, "add_rms_norm", lambda *a: calls.append(1) or real(*a))
+    out, new_residual = norm(x, residual)
+    assert calls and torch.equal(new_residual, expected_sum)
+    torch.testing.assert_close(out, hf_rms_norm(expected_sum, norm.weight, 1e-6))
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "d", "rows"), [(9, 3, 64, 1), (4, 2, 128, 17)])
+def test_rope_is_bit_identical(heads: int, kv_heads: int, d: int, rows: int) -> None:
+    torch.manual_seed(d)
+    qkv = torch.randn(rows, (heads + 2 * kv_heads) * d)
+    cos, sin = torch.randn(rows, 1, d), torch.randn(rows, 1, d)
+    width = (heads + kv_heads) * d
+    expected = apply_rope(qkv[:, :width].view(rows, -1, d), (cos, sin)).reshape(rows, width)
+    v_before = qkv[:, width:].clone()
+    cpu_ops.rope_(qkv, heads + kv_heads, d, cos, sin)
+    assert torch.equal(qkv[:, :width], expected)
+    assert torch.equal(qkv[:, width:], v_before)  # values are not rotated
+
+
+@pytest.mark.parametrize("rows", [1, 40])
+def test_silu_mul(rows: int) -> None:
+    gate_up = torch.randn(rows, 2 * 1536) * 4
+    gate, up = gate_up.split(1536, dim=-1)
+    torch.testing.assert_close(cpu_ops.silu_mul(gate_up), F.silu(gate) * up, rtol=1e-6, atol=1e-6)
+
+
+def test_store_kv_writes_pool_and_dense_rows() -> None:
+    t, kvh, d = 5, 3, 64
+    qkv = torch.randn(t, (9 + 2 * kvh) * d)
+    k = qkv[:, 9 * d : (9 + kvh) * d].view(t, kvh, d)
+    v = qkv[:, (9 + kvh) * d :].view(t, kvh, d)
+    k_pool, v_pool = torch.zeros(100, kvh, d), torch.zeros(100, kvh, d)
+    k_dense, v_dense = torch.zeros(50, kvh, d), torch.zeros(50, kvh, d)
+    slots = torch.tensor([7, 3, 99, 0, 42])
+    rows = torch.tensor([10, 20])  # the first two tokens are decodes
+    assert cpu_ops.can_store_kv(k, v, slots)
+    cpu_ops.store_kv(k, v, k_pool, v_pool, slots, (k_dense, v_dense, rows))
+    exp_k, exp_v = torch.zeros(100, kvh, d), torch.zeros(100, kvh, d)
+    exp_k.index_copy_(0, slots, k)
+    exp_v.index_copy_(0, slots, v)
+    assert torch.equal(k_pool, exp_k) and torch.equal(v_pool, exp_v)
+    assert torch.equal(k_dense[rows], k[:2]) and torch.equal(v_dense[rows], v[:2])
+    untouched = torch.ones(50, dtype=torch.bool)
+    untouched[rows] = False
+    assert not k_dense[untouched].any() and not v_dense[untouched].any()
+
+
+def _dense_kv(b: int, kvh: int, cap: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """DecodeKV's layout: [B, capacity, KVH, D] memory seen as [B, KVH, capacity, D]."""
+    buf = torch.randn(2, b, cap, kvh, d)
+    return buf[0].transpose(1, 2), buf[1].transpose(1, 2)
+
+
+@pytest.mark.parametrize(
+    ("b", "heads", "kv_heads", "d", "n", "lo", "masked"),
+    [
+        (1, 9, 3, 64, 1, 0, False),  # the first decode token sees only itself
+        (1, 9, 3, 64, 300, 0, False),  # across several key chunks
+        (3, 8, 8, 128, 130, 0, True),  # padded batch, no GQA
+        (4, 12, 2, 64, 400, 150, True),  # a sliding window: keys from 150 on, masked rows
+        (2, 32, 2, 64, 260, 0, True),  # a group of 16 query heads per key head
+    ],
+)
+def test_decode_attention_matches_sdpa(
+    b: int, heads: int, kv_heads: int, d: int, n: int, lo: int, masked: bool
+) -> None:
+    torch.manual_seed(n)
+    cap = n + 5
+    k_all, v_all = _dense_kv(b, kv_heads, cap, d)
+    qkv = torch.randn(b, (heads + 2 * kv_heads) * d)
+    q = qkv[:, : heads * d].view(b, heads, d)
+    mask = None
+    if masked:  # row i sees a different number of keys; a whole key chunk may be hidden
+        lens = torch.tensor([n - 7 * i for i in range(b)])
+        pos = torch.arange(lo, n)
+        hide = (pos >= lens[:, None]) | (pos < lens[:, None] - 200)
+        mask = torch.zeros(b, n - lo).masked_fill_(hide, float("-inf"))[:, None, None, :]
+    assert cpu_ops.can_decode_attention(q, k_all, v_all)
+    got = cpu_ops.decode_attention(q, k_all, v_all, lo, n, mask, d**-0.5)
+    expected = F.scaled_dot_product_attention(
+        q.unsqueeze(2),
+        k_all[:, :, lo:n],
+        v_all[:, :, lo:n],
+        attn_mask=mask,
+        scale=d**-0.5,
+        enable_gqa=True,
+    ).reshape(b, -1)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_layer_same_with_and_without_the_ops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One decode step through Attention.forward, contiguous decode copy and pool both
+    written, gives the torch path's output and cache contents."""
+    b, h, kvh, d, cap, n = 2, 6, 2, 64, 40, 33
+    results = []
+    for fast in (True, False):
+        torch.manual_seed(0)
+        attn = Attention(h, kvh, d, d**-0.5)
+        attn.k_cache, attn.v_cache = torch.zeros(8, 16, kvh, d), torch.zeros(8, 16, kvh, d)
+        buf = torch.randn(2, 1, b, cap, kvh, d)  # [k/v, layers, B, cap, KVH, D]
+        views = [
+            (
+                buf[0, 0].view(-1, kvh, d),
+                buf[1, 0].view(-1, kvh, d),
+                buf[0, 0].transpose(1, 2),
+                buf[1, 0].transpose(1, 2),
+            )
+        ]
+        ctx = [n, n - 4]
+        pad = torch.arange(n) >= torch.tensor(ctx)[:, None]
+        meta = AttentionMetadata(
+            slot_mapping=torch.tensor([5, 70]),
+            num_decodes=b,
+            decode_len=n,
+            decode_mask=torch.zeros(b, n).masked_fill_(pad, float("-inf"))[:, None, None, :],
+            decode_views=views,
+            decode_rows=torch.tensor([ctx[0] - 1, cap + ctx[1] - 1]),
+        )
+        qkv = torch.randn(b, (h + 2 * kvh) * d)
+        q = qkv[:, : h * d].view(b, h, d)
+        k = qkv[:, h * d : (h + kvh) * d].view(b, kvh, d)
+        v = qkv[:, (h + kvh) * d :].view(b, kvh, d)
+        monkeypatch.setattr(cpu_ops, "enabled", lambda x, fast=fast: fast)
+        out = attn(q, k, v, meta)
+        results.append((out, attn.k_cache.clone(), attn.v_cache.clone(), buf.clone()))
+    (o1, k1, v1, d1), (o2, k2, v2, d2) = results
+    torch.testing.assert_close(o1, o2, rtol=1e-5, atol=1e-5)
+    assert torch.equal(k1, k2) and torch.equal(v1, v2) and torch.equal(d1, d2)
