@@ -2,8 +2,9 @@
 
 Chat prompts from shared/data/prompts.txt, N new tokens each, greedy, ignore_eos.
 Measures, in one run: our engine with one stream and with all prompts at once, in its
-default weight format for this file (int8 for its quantized weights), as q4 (the
-file's 4-bit blocks kept exactly), and dequantized (`--quantization none`, the dtype below); then
+default weight formats for this file (q4 for its Q4_1 weights, with 8-bit inputs as
+llama.cpp; int8 for its Q8_0 embedding and the tied lm_head), as int8 everywhere (fp32
+inputs), and dequantized (`--quantization none`, the dtype below); then
 transformers `generate` one prompt at a time, a static batch of all prompts (left
 padding) and its continuous batching `generate_batch` where it runs, in bf16 (what the
 issue names) and fp32 (the fair one on a CPU without native bf16). Prints each number as
@@ -127,9 +128,9 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto", help="engine dtype (auto: fp32 without native bf16)")
     ap.add_argument(
         "--quantization",
-        default="auto,q4,none",
-        help="engine weight formats to measure, comma list: auto (the default: int8 for the "
-        "GGUF's quantized weights), q4, int8, none (dequantized, in --dtype)",
+        default="auto,int8,none",
+        help="engine weight formats to measure, comma list: auto (the default: the GGUF's "
+        "4-bit weights as q4, its 8-bit ones as int8), q4, int8, none (dequantized, in --dtype)",
     )
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--num-prompts", type=int, default=20)

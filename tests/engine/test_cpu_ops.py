@@ -171,3 +171,46 @@ def test_attention_layer_same_with_and_without_the_ops(monkeypatch: pytest.Monke
     (o1, k1, v1, d1), (o2, k2, v2, d2) = results
     torch.testing.assert_close(o1, o2, rtol=1e-5, atol=1e-5)
     assert torch.equal(k1, k2) and torch.equal(v1, v2) and torch.equal(d1, d2)
+
+
+@pytest.mark.parametrize(
+    ("family", "quantization", "window"),
+    [("llama", "int8", None), ("qwen2", "q4", None), ("mistral", "q4", 8)],
+)
+def test_fused_decode_layers_equal_the_layer_by_layer_path(
+    tiny_model_dirs, tmp_path, monkeypatch, family, quantization, window
+) -> None:
+    """Decode steps with each layer as one C call give bit-identical logprobs to the
+    layer-by-layer forward: a padded batch of three, Qwen2's q/k/v bias, a sliding window
+    shorter than the prompts."""
+    from engine_testing import assert_pool_free
+    from test_sliding_window import _with_window
+
+    from tritium.engine import LLM, SamplingParams
+    from tritium.engine.models.llama import LlamaModel
+
+    src = tiny_model_dirs[family]
+    if window is not None:
+        src = _with_window(src, tmp_path / "windowed", window)
+    llm = LLM(str(src), dtype="float32", quantization=quantization)
+    prompts = [{"prompt_token_ids": list(range(100, 100 + n))} for n in (21, 5, 13)]
+    params = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True, logprobs=3)
+    calls = []
+    real = cpu_ops.decode_layer
+    monkeypatch.setattr(cpu_ops, "decode_layer", lambda *a: calls.append(1) or real(*a))
+
+    def run() -> list[list[tuple[int, float]]]:
+        llm.engine_core.block_manager.reset_prefix_cache()
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        assert_pool_free(llm)
+        return [
+            [(t, lp.logprob) for step in o.outputs[0].logprobs or [] for t, lp in step.items()]
+            for o in outs
+        ]
+
+    fused = run()
+    assert len(calls) >= 19 * 2  # every decode step, every layer
+    monkeypatch.setattr(LlamaModel, "_fused_decode_params", lambda self: [])
+    calls.clear()
+    assert run() == fused
+    assert not calls

@@ -10,11 +10,17 @@ otherwise, which remain the reference the tests compare against.
 
 from __future__ import annotations
 
+import ctypes
 import functools
+from typing import TYPE_CHECKING
 
 import torch
 
 from tritium.engine.layers import native
+
+if TYPE_CHECKING:
+    from tritium.engine.layers.attention import Attention, AttentionMetadata
+    from tritium.engine.layers.linear import Linear
 
 #: decode_attention's limits (the C kernel's stack buffers).
 MAX_GROUP = 16
@@ -138,4 +144,96 @@ def can_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> b
         and h % kvh == 0
         and h // kvh <= MAX_GROUP
         and d <= MAX_HEAD_DIM
+    )
+
+
+# -- one whole decoder layer per call (decode-only steps) --------------------------------
+
+
+class LinearParams(ctypes.Structure):
+    """csrc/cpu_ops.c's TritiumLinear: a quantized Linear's buffers."""
+
+    _fields_ = [
+        ("kind", ctypes.c_int64),  # 1: int8, 2: q4
+        ("in_features", ctypes.c_int64),
+        ("out_features", ctypes.c_int64),
+        ("codes", ctypes.c_void_p),
+        ("scales", ctypes.c_void_p),
+        ("bias", ctypes.c_void_p),
+    ]
+
+
+class LayerParams(ctypes.Structure):
+    """csrc/cpu_ops.c's TritiumLayer: a Llama-family decoder layer's weights and shapes.
+    The pointers are into the layer's own parameters, which live as long as the model."""
+
+    _fields_ = [
+        ("qkv", LinearParams),
+        ("o", LinearParams),
+        ("gate_up", LinearParams),
+        ("down", LinearParams),
+        ("input_norm", ctypes.c_void_p),
+        ("post_norm", ctypes.c_void_p),
+        ("eps", ctypes.c_float),
+        ("scale", ctypes.c_float),
+        ("hidden", ctypes.c_int64),
+        ("heads", ctypes.c_int64),
+        ("kv_heads", ctypes.c_int64),
+        ("head_dim", ctypes.c_int64),
+        ("intermediate", ctypes.c_int64),
+    ]
+
+
+_KINDS = {"int8": 1, "q4": 2}
+
+
+def linear_params(layer: Linear) -> LinearParams | None:
+    """The C view of a quantized Linear; None when it is not quantized."""
+    if layer.quant not in _KINDS or layer.qweight is None or layer.wscale is None:
+        return None
+    bias = layer.bias
+    if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()):
+        return None
+    return LinearParams(
+        _KINDS[layer.quant], layer.in_features, layer.out_features, layer.qweight.data_ptr(),
+        layer.wscale.data_ptr(), None if bias is None else bias.data_ptr(),
+    )  # fmt: skip
+
+
+def decode_layer(
+    params: LayerParams,
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    rope: tuple[torch.Tensor, torch.Tensor],
+    attn: Attention,
+    meta: AttentionMetadata,
+    work: torch.Tensor,
+) -> None:
+    """One decoder layer for a step of decodes only (meta.decode_views set): x [B, hidden]
+    in and out, `residual` the running sum (zeros before the first layer); `work` holds
+    workspace_floats(params, B) floats. Identical to the layer's forward with the C ops."""
+    assert meta.decode_views is not None and meta.decode_rows is not None
+    b = x.shape[0]
+    k_flat, v_flat, k_all, _ = meta.decode_views[attn.layer_idx]
+    lo, mask = 0, meta.decode_mask
+    if attn.sliding_window is not None and meta.window_decode_start is not None:
+        lo, mask = meta.window_decode_start, meta.window_decode_mask
+    sb, sh, st, _ = k_all.stride()
+    cos, sin = rope
+    rc = native.library().tritium_decode_layer(
+        ctypes.byref(params), x.data_ptr(), residual.data_ptr(), b, cos.data_ptr(),
+        sin.data_ptr(), attn.k_cache.data_ptr(), attn.v_cache.data_ptr(),
+        meta.slot_mapping.data_ptr(), k_flat.data_ptr(), v_flat.data_ptr(),
+        meta.decode_rows.data_ptr(), sb, sh, st, lo, meta.decode_len,
+        None if mask is None else mask.data_ptr(), work.data_ptr(), torch.get_num_threads(),
+    )  # fmt: skip
+    if rc != 0:
+        raise MemoryError("decode layer: cannot allocate a kernel's scratch buffer")
+
+
+def workspace_floats(params: LayerParams, batch: int) -> int:
+    """Floats of scratch tritium_decode_layer needs for `batch` rows."""
+    width = (params.heads + 2 * params.kv_heads) * params.head_dim
+    return batch * (
+        params.hidden + width + params.heads * params.head_dim + 3 * params.intermediate
     )

@@ -51,6 +51,33 @@ SIGNATURES: dict[str, tuple[list, object]] = {
         [_p, _i64, _i64, _i64, _i64, _i64, _p, _p, _i64, _i64, _i64, _i64, _i64, _p, _f32, _p],
         None,
     ),
+    # layer, x, residual, B, cos, sin, k pool, v pool, slots, k dense, v dense, rows,
+    # dense strides (batch, head, token), lo, n, mask, work, threads
+    "tritium_decode_layer": (
+        [
+            _p,
+            _p,
+            _p,
+            _i64,
+            _p,
+            _p,
+            _p,
+            _p,
+            _p,
+            _p,
+            _p,
+            _p,
+            _i64,
+            _i64,
+            _i64,
+            _i64,
+            _i64,
+            _p,
+            _p,
+            _int,
+        ],
+        _int,
+    ),
 }
 
 

@@ -111,6 +111,29 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
+    def decode_params(self) -> cpu_ops.LayerParams | None:
+        """This layer as one C call for decode steps (cpu_ops.decode_layer), or None where
+        the C layer does not cover it: a weight not quantized, Qwen3's q/k norms, or a head
+        layout outside the attention kernel's limits."""
+        attn, mlp = self.self_attn, self.mlp
+        linears = [cpu_ops.linear_params(m) for m in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)]  # fmt: skip
+        norms = (self.input_layernorm.weight, self.post_attention_layernorm.weight)
+        if (
+            any(p is None for p in linears)
+            or attn.qk_norm
+            or any(w.dtype != torch.float32 for w in norms)
+            or attn.num_heads % attn.num_kv_heads
+            or attn.num_heads // attn.num_kv_heads > cpu_ops.MAX_GROUP
+            or attn.head_dim > cpu_ops.MAX_HEAD_DIM
+            or self.input_layernorm.eps != self.post_attention_layernorm.eps
+        ):
+            return None
+        return cpu_ops.LayerParams(
+            *linears, norms[0].data_ptr(), norms[1].data_ptr(), self.input_layernorm.eps,
+            attn.attn.scale, attn.o_proj.out_features, attn.num_heads, attn.num_kv_heads,
+            attn.head_dim, mlp.intermediate_size,
+        )  # fmt: skip
+
     def forward(
         self,
         rope: Rope,
@@ -133,15 +156,51 @@ class LlamaModel(nn.Module):
         )
         self.rotary_emb = RotaryEmbedding(config, head_dim_of(config), max_positions)
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        # CPU decode steps run each layer as one C call when every layer allows it: each
+        # layer's C parameters and attention, built at the first such step (after the
+        # weights are quantized); empty when some layer does not allow it.
+        self._decode_layers: list[tuple[cpu_ops.LayerParams, Attention]] | None = None
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
     ) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
         rope = self.rotary_emb(positions, x.dtype)  # once per step, shared by every layer
+        if meta.decode_views is not None and not meta.prefills and cpu_ops.enabled(x):
+            layers = self._fused_decode_params()
+            if layers:
+                return self._fused_decode(layers, x, rope, meta)
         residual = None
         for layer in self.layers:
             x, residual = layer(rope, x, residual, meta)
+        return self.norm(x, residual)[0]
+
+    def _fused_decode_params(self) -> list[tuple[cpu_ops.LayerParams, Attention]]:
+        if self._decode_layers is None:
+            built: list[tuple[cpu_ops.LayerParams, Attention]] = []
+            for layer in self.layers:
+                assert isinstance(layer, LlamaDecoderLayer)
+                params = layer.decode_params()
+                if params is None:
+                    built = []
+                    break
+                built.append((params, layer.self_attn.attn))
+            self._decode_layers = built
+        return self._decode_layers
+
+    def _fused_decode(
+        self,
+        layers: list[tuple[cpu_ops.LayerParams, Attention]],
+        x: torch.Tensor,
+        rope: Rope,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        """A decode-only step, each layer one C call: the same ops, in the same order, as
+        the layers' forward with the C ops, without ~40 Python-level operations per layer."""
+        residual = torch.zeros_like(x)  # + 0.0 is exact: layer 0 normalizes x itself
+        work = x.new_empty(cpu_ops.workspace_floats(layers[0][0], x.shape[0]))
+        for params, attn in layers:
+            cpu_ops.decode_layer(params, x, residual, rope, attn, meta, work)
         return self.norm(x, residual)[0]
 
 

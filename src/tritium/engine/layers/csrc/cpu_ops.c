@@ -208,3 +208,70 @@ void tritium_decode_attention(const float* q, int64_t q_row_stride, int64_t B, i
     }
   }
 }
+
+/* -- one whole decoder layer for a batch of decodes ------------------------------------ */
+
+int tritium_int8_linear(const float* x, int64_t M, int64_t K, const int8_t* w,
+                        const float* scale, const float* bias, int64_t N, float* out,
+                        int nthreads);
+int tritium_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* codes,
+                      const uint16_t* dm, const float* bias, int64_t N, float* out,
+                      int nthreads);
+
+/* A quantized linear layer: kind 1 = int8 (codes int8, scales fp32 per row), 2 = q4. */
+typedef struct {
+  int64_t kind, in_features, out_features;
+  const void* codes;
+  const void* scales;
+  const float* bias;
+} TritiumLinear;
+
+/* A Llama-family decoder layer's weights and shapes (cpu_ops.py builds one per layer). */
+typedef struct {
+  TritiumLinear qkv, o, gate_up, down;
+  const float* input_norm;
+  const float* post_norm;
+  float eps, scale;
+  int64_t hidden, heads, kv_heads, head_dim, intermediate;
+} TritiumLayer;
+
+static int run_linear(const TritiumLinear* l, const float* x, int64_t M, float* out, int threads) {
+  if (l->kind == 1)
+    return tritium_int8_linear(x, M, l->in_features, (const int8_t*)l->codes,
+                               (const float*)l->scales, l->bias, l->out_features, out, threads);
+  return tritium_q4_linear(x, M, l->in_features, (const uint8_t*)l->codes,
+                           (const uint16_t*)l->scales, l->bias, l->out_features, out, threads);
+}
+
+/* x [B, hidden]: the previous layer's output in, this layer's out; residual [B, hidden]: the
+ * running sum (zeros before the first layer: adding +0 is exact). The same ops in the same
+ * order as the layer's Python forward with the C ops, so the results are identical; one call
+ * instead of ~40 Python-level operations. work: floats for h, qkv, attn and gate_up
+ * (B * (hidden + qkv width + heads * head_dim + 3 * intermediate)). k/v pool, slots, dense
+ * rows, strides, lo, n and mask as for tritium_store_kv and tritium_decode_attention. */
+int tritium_decode_layer(const TritiumLayer* L, float* x, float* residual, int64_t B,
+                         const float* cos, const float* sin, float* k_pool, float* v_pool,
+                         const int64_t* slots, float* k_dense, float* v_dense,
+                         const int64_t* rows, int64_t stride_b, int64_t stride_h,
+                         int64_t stride_t, int64_t lo, int64_t n, const float* mask,
+                         float* work, int threads) {
+  const int64_t D = L->head_dim, qw = L->heads * D, kvw = L->kv_heads * D;
+  const int64_t width = qw + 2 * kvw;
+  float* h = work;
+  float* qkv = h + B * L->hidden;
+  float* attn = qkv + B * width;
+  float* gate_up = attn + B * qw;
+  float* act = gate_up + B * 2 * L->intermediate;
+  tritium_add_rms_norm(x, residual, L->input_norm, B, L->hidden, L->eps, h);
+  if (run_linear(&L->qkv, h, B, qkv, threads)) return -1;
+  tritium_rope(qkv, B, width, L->heads + L->kv_heads, D, cos, sin);
+  tritium_store_kv(qkv + qw, qkv + qw + kvw, B, width, kvw, k_pool, v_pool, slots, k_dense,
+                   v_dense, rows, B);
+  tritium_decode_attention(qkv, width, B, L->heads, L->kv_heads, D, k_dense, v_dense, stride_b,
+                           stride_h, stride_t, lo, n, mask, L->scale, attn);
+  if (run_linear(&L->o, attn, B, x, threads)) return -1;
+  tritium_add_rms_norm(x, residual, L->post_norm, B, L->hidden, L->eps, h);
+  if (run_linear(&L->gate_up, h, B, gate_up, threads)) return -1;
+  tritium_silu_mul(gate_up, B, L->intermediate, act);
+  return run_linear(&L->down, act, B, x, threads);
+}
