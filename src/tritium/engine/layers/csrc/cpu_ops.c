@@ -83,14 +83,10 @@ void tritium_rope(float* qkv, int64_t T, int64_t row_stride, int64_t heads, int6
     const float* s = sin + t * D;
     for (int64_t h = 0; h < heads; ++h) {
       float* x = qkv + t * row_stride + h * D;
-      float tmp[512];
-      float* lo = D <= 512 ? tmp : x; /* D > 512 does not occur in any supported model */
-      memcpy(lo, x, sizeof(float) * (size_t)D);
-      for (int64_t i = 0; i < half; ++i) {
-        const float a = lo[i] * c[i], b = lo[i + half] * s[i];
-        const float a2 = lo[i + half] * c[i + half], b2 = lo[i] * s[i + half];
-        x[i] = a + b;
-        x[i + half] = a2 + b2;
+      for (int64_t i = 0; i < half; ++i) { /* each pair (i, i + half) only needs itself */
+        const float lo = x[i], hi = x[i + half];
+        x[i] = lo * c[i] + hi * s[i];
+        x[i + half] = hi * c[i + half] + lo * s[i + half];
       }
     }
   }
