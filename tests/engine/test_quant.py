@@ -241,3 +241,17 @@ print("generated:", len(out[0].outputs[0].token_ids))
     assert proc.returncode == 0, proc.stderr
     assert "refused: building Tritium's CPU kernels failed" in proc.stdout
     assert "generated: 8" in proc.stdout
+
+
+def test_a_quantized_model_computes_in_fp32_on_a_cpu_with_native_bf16(monkeypatch) -> None:
+    """dtype 'auto' means bf16 on a CPU with native bf16, but a quantized model runs in
+    fp32 there: its weights reach the kernels unrounded and the kernels compute in fp32."""
+    from tritium.engine import config
+
+    monkeypatch.setattr(config, "cpu_has_bf16", lambda: True)
+    assert EngineArgs(model="smollm2", device="cpu").resolved_dtype() == torch.bfloat16
+    llm = LLM("smollm2", device="cpu")
+    runner = llm.engine_core.runner
+    assert runner.dtype == torch.float32 and runner.quantization == "int8 x1, q4 x120"
+    out = llm.generate(["The capital of France is"], SamplingParams(temperature=0, max_tokens=4))
+    assert len(out[0].outputs[0].token_ids) == 4

@@ -3,6 +3,7 @@ runner; knows nothing of text. Runs in the caller's process or its own (core_cli
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
@@ -104,6 +105,13 @@ class EngineCore:
         )
         max_len = cap_to_sliding_window(max_len, args, cfg)
         quantization = resolve_quantization(args, ckpt)
+        if quantization is not None and args.dtype == "auto" and ckpt.dtype != torch.float32:
+            # On a CPU with native bf16, 'auto' would pass the weights through bf16 on their
+            # way to the kernels (moving a Q4_1 file's blocks), and the kernels compute in
+            # fp32 anyway: a quantized model runs in fp32.
+            args = dataclasses.replace(args, dtype="float32")
+            ckpt = load_engine_checkpoint(args)
+            cfg = ckpt.hf_config
         self.runner = ModelRunner(args, cfg, ckpt.weights(), max_len, quantization)
         # One sequence must always fit in the pool, or it would preempt itself forever.
         self.max_model_len = min(max_len, self.runner.num_blocks * args.block_size)
