@@ -62,6 +62,23 @@ def test_rope_is_bit_identical(heads: int, kv_heads: int, d: int, rows: int) -> 
     assert torch.equal(qkv[:, width:], v_before)  # values are not rotated
 
 
+def test_head_rms_norm_in_place() -> None:
+    t, h, kvh, d = 3, 4, 2, 32
+    qkv = torch.randn(t, (h + 2 * kvh) * d)
+    wq, wk = torch.randn(d), torch.randn(d)
+    q = qkv[:, : h * d].reshape(t, h, d)
+    k = qkv[:, h * d : (h + kvh) * d].reshape(t, kvh, d)
+    exp_q, exp_k = hf_rms_norm(q, wq, 1e-6), hf_rms_norm(k, wk, 1e-6)
+    v_before = qkv[:, (h + kvh) * d :].clone()
+    cpu_ops.head_rms_norm_(qkv, 0, h, d, wq, 1e-6)
+    cpu_ops.head_rms_norm_(qkv, h, kvh, d, wk, 1e-6)
+    torch.testing.assert_close(qkv[:, : h * d].reshape(t, h, d), exp_q, rtol=2e-6, atol=1e-6)
+    torch.testing.assert_close(
+        qkv[:, h * d : (h + kvh) * d].reshape(t, kvh, d), exp_k, rtol=2e-6, atol=1e-6
+    )
+    assert torch.equal(qkv[:, (h + kvh) * d :], v_before)
+
+
 @pytest.mark.parametrize("rows", [1, 40])
 def test_silu_mul(rows: int) -> None:
     gate_up = torch.randn(rows, 2 * 1536) * 4
@@ -175,14 +192,14 @@ def test_attention_layer_same_with_and_without_the_ops(monkeypatch: pytest.Monke
 
 @pytest.mark.parametrize(
     ("family", "quantization", "window"),
-    [("llama", "int8", None), ("qwen2", "q4", None), ("mistral", "q4", 8)],
+    [("llama", "int8", None), ("qwen2", "q4", None), ("qwen3", "q4", None), ("mistral", "q4", 8)],
 )
 def test_fused_decode_layers_equal_the_layer_by_layer_path(
     tiny_model_dirs, tmp_path, monkeypatch, family, quantization, window
 ) -> None:
     """Decode steps with each layer as one C call give bit-identical logprobs to the
-    layer-by-layer forward: a padded batch of three, Qwen2's q/k/v bias, a sliding window
-    shorter than the prompts."""
+    layer-by-layer forward: a padded batch of three, Qwen2's q/k/v bias, Qwen3's q/k norms,
+    a sliding window shorter than the prompts."""
     from engine_testing import assert_pool_free
     from test_sliding_window import _with_window
 

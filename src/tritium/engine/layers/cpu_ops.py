@@ -52,6 +52,17 @@ def add_rms_norm(
     return out, x if residual is None else residual
 
 
+def head_rms_norm_(
+    qkv: torch.Tensor, first_head: int, heads: int, head_dim: int, weight: torch.Tensor, eps: float
+) -> None:
+    """RMSNorm over each of `heads` heads from `first_head` on, in place in qkv [T, width]
+    (Qwen3's q and k norms)."""
+    native.library().tritium_head_rms_norm(
+        qkv.data_ptr(), qkv.shape[0], qkv.stride(0), first_head, heads, head_dim,
+        weight.data_ptr(), eps,
+    )  # fmt: skip
+
+
 def rope_(
     qkv: torch.Tensor, heads: int, head_dim: int, cos: torch.Tensor, sin: torch.Tensor
 ) -> None:
@@ -174,6 +185,8 @@ class LayerParams(ctypes.Structure):
         ("down", LinearParams),
         ("input_norm", ctypes.c_void_p),
         ("post_norm", ctypes.c_void_p),
+        ("q_norm", ctypes.c_void_p),  # Qwen3; None otherwise
+        ("k_norm", ctypes.c_void_p),
         ("eps", ctypes.c_float),
         ("scale", ctypes.c_float),
         ("hidden", ctypes.c_int64),

@@ -39,6 +39,8 @@ SIGNATURES: dict[str, tuple[list, object]] = {
     "tritium_q4_linear": ([_p, _i64, _i64, _p, _p, _p, _i64, _p, _int], _int),
     # x, residual, weight, T, N, eps, out
     "tritium_add_rms_norm": ([_p, _p, _p, _i64, _i64, _f32, _p], None),
+    # qkv, T, row stride, first head, heads, D, weight, eps
+    "tritium_head_rms_norm": ([_p, _i64, _i64, _i64, _i64, _i64, _p, _f32], None),
     # qkv, T, row stride, heads, D, cos, sin
     "tritium_rope": ([_p, _i64, _i64, _i64, _i64, _p, _p], None),
     # gate_up, T, I, out

@@ -71,18 +71,30 @@ class LlamaAttention(nn.Module):
         t, h, d = x.shape[0], self.num_heads, self.head_dim
         qkv = self.qkv_proj(x)
         v = qkv[:, self.q_size + self.kv_size :].view(t, self.num_kv_heads, d)
-        if self.qk_norm:
+        if cpu_ops.enabled(qkv) and qkv.is_contiguous() and self._c_qk_norm():
+            if self.qk_norm:  # in place, as the one-call decode layer does
+                kvh, eps = self.num_kv_heads, self.q_norm.eps
+                cpu_ops.head_rms_norm_(qkv, 0, h, d, self.q_norm.weight, eps)
+                cpu_ops.head_rms_norm_(qkv, h, kvh, d, self.k_norm.weight, eps)
+            cpu_ops.rope_(qkv, h + self.num_kv_heads, d, *rope)  # in place, one call
+            q = qkv[:, : self.q_size].view(t, h, d)
+            k = qkv[:, self.q_size : self.q_size + self.kv_size].view(t, self.num_kv_heads, d)
+        elif self.qk_norm:
             q, k = qkv[:, : self.q_size], qkv[:, self.q_size : self.q_size + self.kv_size]
             q = apply_rope(self.q_norm(q.view(t, h, d))[0], rope)
             k = apply_rope(self.k_norm(k.view(t, self.num_kv_heads, d))[0], rope)
-        elif cpu_ops.enabled(qkv) and qkv.is_contiguous():  # in place, one call
-            cpu_ops.rope_(qkv, h + self.num_kv_heads, d, *rope)
-            q = qkv[:, : self.q_size].view(t, h, d)
-            k = qkv[:, self.q_size : self.q_size + self.kv_size].view(t, self.num_kv_heads, d)
         else:  # q and k side by side: one rotation for both
             qk = apply_rope(qkv[:, : self.q_size + self.kv_size].view(t, -1, d), rope)
             q, k = qk[:, :h], qk[:, h:]
         return self.o_proj(self.attn(q, k, v, meta))
+
+    def _c_qk_norm(self) -> bool:
+        """Whether the C ops cover this layer's q/k norms (always, without them): fp32
+        weights and one eps, as the C layer takes."""
+        if not self.qk_norm:
+            return True
+        norms = (self.q_norm, self.k_norm)
+        return all(n.weight.dtype == torch.float32 for n in norms) and norms[0].eps == norms[1].eps
 
 
 class LlamaMLP(nn.Module):
@@ -113,14 +125,15 @@ class LlamaDecoderLayer(nn.Module):
 
     def decode_params(self) -> cpu_ops.LayerParams | None:
         """This layer as one C call for decode steps (cpu_ops.decode_layer), or None where
-        the C layer does not cover it: a weight not quantized, Qwen3's q/k norms, or a head
-        layout outside the attention kernel's limits."""
+        the C layer does not cover it: a weight not quantized, norms not in fp32 or with
+        different eps, or a head layout outside the attention kernel's limits."""
         attn, mlp = self.self_attn, self.mlp
         linears = [cpu_ops.linear_params(m) for m in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)]  # fmt: skip
         norms = (self.input_layernorm.weight, self.post_attention_layernorm.weight)
         if (
             any(p is None for p in linears)
-            or attn.qk_norm
+            or not attn._c_qk_norm()
+            or (attn.qk_norm and attn.q_norm.eps != self.input_layernorm.eps)
             or any(w.dtype != torch.float32 for w in norms)
             or attn.num_heads % attn.num_kv_heads
             or attn.num_heads // attn.num_kv_heads > cpu_ops.MAX_GROUP
@@ -128,8 +141,9 @@ class LlamaDecoderLayer(nn.Module):
             or self.input_layernorm.eps != self.post_attention_layernorm.eps
         ):
             return None
+        qk = (attn.q_norm.weight.data_ptr(), attn.k_norm.weight.data_ptr()) if attn.qk_norm else (None, None)  # fmt: skip
         return cpu_ops.LayerParams(
-            *linears, norms[0].data_ptr(), norms[1].data_ptr(), self.input_layernorm.eps,
+            *linears, norms[0].data_ptr(), norms[1].data_ptr(), *qk, self.input_layernorm.eps,
             attn.attn.scale, attn.o_proj.out_features, attn.num_heads, attn.num_kv_heads,
             attn.head_dim, mlp.intermediate_size,
         )  # fmt: skip

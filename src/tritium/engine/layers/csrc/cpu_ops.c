@@ -1,6 +1,7 @@
 /* The small fused ops of a CPU decode step, called from cpu_ops.py:
  *
  *   tritium_add_rms_norm:    residual += x (optional), out = rmsnorm(residual) * weight
+ *   tritium_head_rms_norm:   Qwen3's per-head q/k RMSNorm, in place in the qkv rows
  *   tritium_rope:            rotate-half RoPE of q and k heads, in place in the qkv rows
  *   tritium_silu_mul:        out = silu(gate) * up, from the packed gate/up rows
  *   tritium_store_kv:        a step's keys and values into the paged pool and, for decodes,
@@ -69,6 +70,17 @@ void tritium_add_rms_norm(const float* x, float* residual, const float* weight, 
     const float r = 1.0f / sqrtf(sum_squares(src, N) / (float)N + eps);
     float* o = out + t * N;
     for (int64_t i = 0; i < N; ++i) o[i] = weight[i] * (src[i] * r);
+  }
+}
+
+void tritium_head_rms_norm(float* qkv, int64_t T, int64_t row_stride, int64_t first_head,
+                           int64_t heads, int64_t D, const float* weight, float eps) {
+  /* Qwen3's q/k norms: RMSNorm over each of `heads` heads of D from `first_head` on, in
+   * place in the qkv rows. */
+#pragma omp parallel for schedule(static) if (T * heads * D >= PARALLEL_WORK)
+  for (int64_t t = 0; t < T; ++t) {
+    float* x = qkv + t * row_stride + first_head * D;
+    tritium_add_rms_norm(x, NULL, weight, heads, D, eps, x);
   }
 }
 
@@ -227,6 +239,8 @@ typedef struct {
   TritiumLinear qkv, o, gate_up, down;
   const float* input_norm;
   const float* post_norm;
+  const float* q_norm; /* Qwen3: per-head norms of q and k before RoPE; NULL otherwise */
+  const float* k_norm;
   float eps, scale;
   int64_t hidden, heads, kv_heads, head_dim, intermediate;
 } TritiumLayer;
@@ -260,6 +274,10 @@ int tritium_decode_layer(const TritiumLayer* L, float* x, float* residual, int64
   float* act = gate_up + B * 2 * L->intermediate;
   tritium_add_rms_norm(x, residual, L->input_norm, B, L->hidden, L->eps, h);
   if (run_linear(&L->qkv, h, B, qkv, threads)) return -1;
+  if (L->q_norm) {
+    tritium_head_rms_norm(qkv, B, width, 0, L->heads, D, L->q_norm, L->eps);
+    tritium_head_rms_norm(qkv, B, width, L->heads, L->kv_heads, D, L->k_norm, L->eps);
+  }
   tritium_rope(qkv, B, width, L->heads + L->kv_heads, D, cos, sin);
   tritium_store_kv(qkv + qw, qkv + qw + kvw, B, width, kvw, k_pool, v_pool, slots, k_dense,
                    v_dense, rows, B);
