@@ -1,5 +1,6 @@
 """The small fused ops of a CPU step (csrc/cpu_ops.c, built by native.py): add + RMSNorm,
-RoPE in place, SiLU * up, the KV store, and decode attention over the contiguous context.
+Qwen3's per-head q/k norms, RoPE in place, SiLU * up, the KV store, decode attention over
+the contiguous context, and a whole decoder layer of a decode-only step in one call.
 
 A decode step at batch 1 spends more time dispatching torch ops on vectors of a few
 hundred floats than computing them (rms_norm alone takes ~19 us of dispatch on a 576-float
