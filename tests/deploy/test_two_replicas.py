@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,9 @@ from serving import free_port, start_server, stop_process, wait_for
 from .helpers import ROOT, ensure_debian_tool, http_status
 
 PYTHON_MODELS = ROOT / "examples" / "python_models"
+#: Seconds after SIGTERM within which the stopped replica may still answer: the signal
+#: reaches its event loop and the HTTP server's next tick (0.1 s) on 2 busy cores.
+DRAIN_GRACE_S = 1.0
 
 NGINX_CONF = """
 {user}
@@ -33,7 +37,7 @@ http {{
     fastcgi_temp_path {work}/fastcgi;
     uwsgi_temp_path {work}/uwsgi;
     scgi_temp_path {work}/scgi;
-    log_format upstream '$upstream_addr $status';
+    log_format upstream '$msec $upstream_addr $status';
     access_log {work}/access.log upstream;
     upstream tritium {{
         server 127.0.0.1:{a} max_fails=1 fail_timeout=30s;
@@ -106,16 +110,19 @@ def cluster(tmp_path: Path) -> Iterator[dict]:
 def test_both_replicas_serve_and_one_can_stop_mid_run(cluster: dict) -> None:
     import tritonclient.http as httpclient
 
-    total, threads, stop_after = 240, 4, 80
+    threads, stop_after = 4, 80
     results: list[bool] = []
     errors: list[str] = []
     lock = threading.Lock()
     stopped = threading.Event()
+    sigterm_at: list[float] = []
     (first, first_port), (_, second_port) = cluster["replicas"]
 
     def worker() -> None:
         client = httpclient.InferenceServerClient(f"127.0.0.1:{cluster['port']}")
-        for _ in range(total // threads):
+        # Run until well past the drain grace, so requests exist that only the survivor
+        # may answer.
+        while not sigterm_at or time.time() < sigterm_at[0] + 2 * DRAIN_GRACE_S:
             inputs = [httpclient.InferInput(n, [1, 4], "FP32") for n in ("INPUT0", "INPUT1")]
             inputs[0].set_data_from_numpy(np.full((1, 4), 3.0, dtype=np.float32))
             inputs[1].set_data_from_numpy(np.full((1, 4), 2.0, dtype=np.float32))
@@ -131,6 +138,7 @@ def test_both_replicas_serve_and_one_can_stop_mid_run(cluster: dict) -> None:
                 if len(results) == stop_after and not stopped.is_set():
                     stopped.set()
                     # SIGTERM, as the kubelet sends after preStop: the replica drains.
+                    sigterm_at.append(time.time())
                     threading.Thread(target=first.terminate).start()
 
     pool = [threading.Thread(target=worker) for _ in range(threads)]
@@ -141,14 +149,19 @@ def test_both_replicas_serve_and_one_can_stop_mid_run(cluster: dict) -> None:
     first.wait(timeout=30)
 
     assert stopped.is_set()
-    assert len(results) == total
-    assert all(results), errors[:5]
+    assert len(results) > stop_after
+    assert all(results), errors[:5]  # no request lost
     served = Counter()
+    late = Counter()  # answered a while after the SIGTERM
     for line in cluster["access_log"].read_text().splitlines():
-        upstreams, status = line.rsplit(" ", 1)
+        msec, upstreams, status = line.split(" ", 1)[0], *line.split(" ", 1)[1].rsplit(" ", 1)
         if status == "200":
             # On a retry nginx logs "a, b": the last one answered.
-            served[upstreams.split(", ")[-1].rsplit(":", 1)[-1]] += 1
+            port = upstreams.split(", ")[-1].rsplit(":", 1)[-1]
+            served[port] += 1
+            if float(msec) > sigterm_at[0] + DRAIN_GRACE_S:
+                late[port] += 1
     assert served[str(first_port)] > 0 and served[str(second_port)] > 0, served
-    # After the stop, the survivor carried the rest.
-    assert served[str(second_port)] >= total - stop_after - threads
+    # The stopped replica takes no new work once its drain has begun (within a grace for
+    # the signal to land on a loaded machine): the survivor carried the rest.
+    assert late[str(first_port)] == 0 and late[str(second_port)] > 0, late
