@@ -13,7 +13,7 @@ from engine_testing import assert_pool_free
 from test_models import NEW_TOKENS, PROMPTS, hf_greedy
 
 from tritium.engine import LLM, EngineArgs, SamplingParams
-from tritium.engine.engine_core import resolve_quantization
+from tritium.engine.engine_core import engine_dtype, resolve_quantization
 from tritium.engine.layers import quant_kernel
 from tritium.engine.layers.linear import QUANT_KERNEL_MAX_ROWS, Linear, quantize_linears
 from tritium.engine.loader import gguf, load_checkpoint
@@ -218,7 +218,7 @@ def test_without_a_compiler_the_engine_runs_dequantized_on_torch_ops_and_q4_says
     script = """
 import torch
 from tritium.engine import EngineArgs
-from tritium.engine.engine_core import resolve_quantization
+from tritium.engine.engine_core import engine_dtype, resolve_quantization
 from tritium.engine.layers import quant_kernel
 from tritium.engine.loader import load_checkpoint
 assert not quant_kernel.is_available()
@@ -250,8 +250,20 @@ def test_a_quantized_model_computes_in_fp32_on_a_cpu_with_native_bf16(monkeypatc
 
     monkeypatch.setattr(config, "cpu_has_bf16", lambda: True)
     assert EngineArgs(model="smollm2", device="cpu").resolved_dtype() == torch.bfloat16
+    converted = []
+    real_convert = gguf.convert
+    monkeypatch.setattr(
+        gguf, "convert", lambda p, d, *a: converted.append(d) or real_convert(p, d, *a)
+    )
     llm = LLM("smollm2", device="cpu")
     runner = llm.engine_core.runner
     assert runner.dtype == torch.float32 and runner.quantization == "int8 x1, q4 x120"
+    assert converted and set(converted) == {torch.float32}  # never through bf16
+    # Asked for, bf16 is what it gets; and an unquantized model keeps 'auto' = bf16.
+    assert (
+        engine_dtype(EngineArgs(model="smollm2", device="cpu", dtype="bfloat16")) == torch.bfloat16
+    )
+    args = EngineArgs(model="smollm2", device="cpu", quantization="none")
+    assert engine_dtype(args) == torch.bfloat16
     out = llm.generate(["The capital of France is"], SamplingParams(temperature=0, max_tokens=4))
     assert len(out[0].outputs[0].token_ids) == 4

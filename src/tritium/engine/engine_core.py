@@ -11,7 +11,7 @@ import torch
 from tritium.engine.block_manager import BlockManager
 from tritium.engine.config import EngineArgs
 from tritium.engine.layers import quant_kernel
-from tritium.engine.loader import Checkpoint, gguf, load_checkpoint
+from tritium.engine.loader import Checkpoint, gguf, gguf_source, load_checkpoint
 from tritium.engine.messages import (
     EngineCoreInfo,
     EngineCoreOutput,
@@ -30,13 +30,35 @@ DEFAULT_MAX_MODEL_LEN = 8192  # cap when the config allows more and none is aske
 log = logging.getLogger("tritium.engine")
 
 
+def engine_dtype(args: EngineArgs) -> torch.dtype:
+    """The dtype the engine computes in: `args`' own, except that 'auto' is fp32 for a model
+    that runs quantized on CPU. On a CPU with native bf16 'auto' means bf16, which would pass
+    the weights through bf16 on their way to the kernels (moving a Q4_1 file's blocks, and
+    converting a GGUF file twice), while the kernels compute in fp32 anyway."""
+    dtype = args.resolved_dtype()
+    if (
+        args.dtype != "auto"
+        or dtype == torch.float32
+        or args.resolved_device().type != "cpu"
+        or args.load_format == "dummy"
+    ):
+        return dtype
+    if args.quantization in ("int8", "q4"):
+        return torch.float32
+    if args.quantization is None:
+        source = gguf_source(args.model, args.revision)
+        if source is not None and gguf.quantized_weight_formats(source):
+            return torch.float32 if quant_kernel.is_available() else dtype
+    return dtype
+
+
 def load_engine_checkpoint(args: EngineArgs, progress: bool = True) -> Checkpoint:
     """The loader call both sides of the engine make (the frontend for its tokenizer)."""
     return load_checkpoint(
         args.model,
         revision=args.revision,
         load_format=args.load_format,
-        dtype=args.resolved_dtype(),
+        dtype=engine_dtype(args),
         progress=progress,
         tokenizer=args.tokenizer,
         seed=args.seed,
@@ -99,19 +121,14 @@ class EngineCore:
 
     def __init__(self, args: EngineArgs, ckpt: Checkpoint | None = None) -> None:
         ckpt = ckpt or load_engine_checkpoint(args)
+        if args.dtype == "auto":  # as load_engine_checkpoint resolved it
+            args = dataclasses.replace(args, dtype=str(ckpt.dtype).removeprefix("torch."))
         cfg = ckpt.hf_config
         max_len = args.max_model_len or min(
             getattr(cfg, "max_position_embeddings", DEFAULT_MAX_MODEL_LEN), DEFAULT_MAX_MODEL_LEN
         )
         max_len = cap_to_sliding_window(max_len, args, cfg)
         quantization = resolve_quantization(args, ckpt)
-        if quantization is not None and args.dtype == "auto" and ckpt.dtype != torch.float32:
-            # On a CPU with native bf16, 'auto' would pass the weights through bf16 on their
-            # way to the kernels (moving a Q4_1 file's blocks), and the kernels compute in
-            # fp32 anyway: a quantized model runs in fp32.
-            args = dataclasses.replace(args, dtype="float32")
-            ckpt = load_engine_checkpoint(args)
-            cfg = ckpt.hf_config
         self.runner = ModelRunner(args, cfg, ckpt.weights(), max_len, quantization)
         # One sequence must always fit in the pool, or it would preempt itself forever.
         self.max_model_len = min(max_len, self.runner.num_blocks * args.block_size)

@@ -5,7 +5,7 @@ ckpt = load_checkpoint("smollm2")              # the default model (GGUF, conver
 for name, tensor in ckpt.weights(): ...        # HF names, tensors in ckpt.dtype
 """
 
-from tritium.engine.loader.checkpoint import LOAD_FORMATS, Checkpoint, load_checkpoint
+from tritium.engine.loader.checkpoint import LOAD_FORMATS, Checkpoint, gguf_source, load_checkpoint
 from tritium.engine.loader.default_model import default_model_path
 from tritium.engine.loader.dummy import DUMMY_CONFIGS, dummy_config
 
@@ -15,5 +15,6 @@ __all__ = [
     "Checkpoint",
     "default_model_path",
     "dummy_config",
+    "gguf_source",
     "load_checkpoint",
 ]

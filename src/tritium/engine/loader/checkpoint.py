@@ -217,6 +217,13 @@ def _locate(model: str, revision: str | None, progress: bool, *, weights: bool) 
     return path
 
 
+def gguf_source(model: str, revision: str | None = None) -> Path | None:
+    """The GGUF file ``model`` names (a ``.gguf`` path, ``"smollm2"``, a Hub repo holding
+    one), or None: found without converting it, fetching only what loading would."""
+    located = _locate(model, revision, progress=False, weights=True)
+    return located if located.is_file() else None
+
+
 def _resolve(
     model: str, revision: str | None, dtype: torch.dtype, progress: bool, *, weights: bool
 ) -> tuple[Path, Path | None]:
