@@ -81,7 +81,7 @@ class EngineArgs:
         if self.quantization not in (None, "int8", "q4", "none"):
             raise ValueError(
                 f"quantization={self.quantization!r} is not supported: leave it unset "
-                "(follow the checkpoint), or use 'q4' or 'int8' (CPU weight-only) or 'none'"
+                "(follow the checkpoint), or use 'q4' or 'int8' (CPU quantized formats) or 'none'"
             )
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size must be a power of two; got {self.block_size}")

@@ -78,7 +78,7 @@ def resolve_quantization(args: EngineArgs, ckpt: Checkpoint) -> str | dict[str, 
     if args.quantization in ("int8", "q4"):
         if not on_cpu:
             raise ValueError(
-                f"quantization={args.quantization!r} is a CPU weight-only format; use bf16 on CUDA"
+                f"quantization={args.quantization!r} is a CPU quantized format; use bf16 on CUDA"
             )
         quant_kernel.ensure_available()
         return args.quantization

@@ -1,4 +1,4 @@
-"""The CPU weight-only quantized matmuls (csrc/quant_linear.c: int8 and 4-bit, built by
+"""The CPU quantized matmuls (csrc/quant_linear.c: int8 and 4-bit, built by
 native.py) and the functions that quantize weights for them."""
 
 from __future__ import annotations
