@@ -26,10 +26,9 @@ from tritium.engine.loader.cache import cache_root
 
 logger = logging.getLogger(__name__)
 
-SOURCES = (
-    Path(__file__).with_name("csrc") / "quant_linear.c",
-    Path(__file__).with_name("csrc") / "cpu_ops.c",
-)
+CSRC = Path(__file__).with_name("csrc")
+SOURCES = (CSRC / "quant_linear.c", CSRC / "cpu_ops.c")
+HEADERS = (CSRC / "tritium_cpu.h",)
 
 _p, _i64, _int, _f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
 #: Every exported function: (argument types, return type).
@@ -133,7 +132,7 @@ def _build() -> ctypes.CDLL:
         )
     flags = _compile_flags()
     digest = hashlib.sha256(" ".join([compiler, *flags]).encode())
-    for src in SOURCES:
+    for src in (*SOURCES, *HEADERS):
         digest.update(src.read_bytes())
     target = cache_root() / "kernels" / f"tritium_cpu-{digest.hexdigest()[:16]}.so"
     if not target.is_file():

@@ -22,18 +22,10 @@
 #include <omp.h>
 #endif
 
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#define HAVE_AVX2 1
+#include "tritium_cpu.h"
 
-static inline float hsum8(__m256 v) {
-  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-  lo = _mm_add_ps(lo, hi);
-  __m128 sh = _mm_movehdup_ps(lo), s = _mm_add_ps(lo, sh);
-  sh = _mm_movehl_ps(sh, s);
-  s = _mm_add_ss(s, sh);
-  return _mm_cvtss_f32(s);
-}
+#if defined(__AVX2__) && defined(__FMA__)
+#define HAVE_AVX2 1
 #endif
 
 /* Work below this many multiply-adds stays on the calling thread: waking the OpenMP team
@@ -50,7 +42,7 @@ static float sum_squares(const float* x, int64_t n) {
     a = _mm256_fmadd_ps(u, u, a);
     b = _mm256_fmadd_ps(v, v, b);
   }
-  s = hsum8(_mm256_add_ps(a, b));
+  s = hsum(_mm256_add_ps(a, b));
 #endif
   for (; i < n; ++i) s += x[i] * x[i];
   return s;
@@ -141,7 +133,7 @@ static inline float dot(const float* a, const float* b, int64_t n) {
   }
   for (; i + 8 <= n; i += 8)
     acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
-  s = hsum8(_mm256_add_ps(acc, acc2));
+  s = hsum(_mm256_add_ps(acc, acc2));
 #endif
   for (; i < n; ++i) s += a[i] * b[i];
   return s;
@@ -218,13 +210,6 @@ void tritium_decode_attention(const float* q, int64_t q_row_stride, int64_t B, i
 }
 
 /* -- one whole decoder layer for a batch of decodes ------------------------------------ */
-
-int tritium_int8_linear(const float* x, int64_t M, int64_t K, const int8_t* w,
-                        const float* scale, const float* bias, int64_t N, float* out,
-                        int nthreads);
-int tritium_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* codes,
-                      const uint16_t* dm, const float* bias, int64_t N, float* out,
-                      int nthreads);
 
 /* A quantized linear layer: kind 1 = int8 (codes int8, scales fp32 per row), 2 = q4. */
 typedef struct {

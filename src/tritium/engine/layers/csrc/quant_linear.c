@@ -22,6 +22,8 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+
+#include "tritium_cpu.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -30,16 +32,6 @@
 #define PREFETCH_BYTES 2048
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-#include <immintrin.h>
-
-static inline float hsum(__m256 v) {
-  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-  lo = _mm_add_ps(lo, hi);
-  __m128 sh = _mm_movehdup_ps(lo), s = _mm_add_ps(lo, sh);
-  sh = _mm_movehl_ps(sh, s);
-  s = _mm_add_ss(s, sh);
-  return _mm_cvtss_f32(s);
-}
 
 /* K is a multiple of 8 here (checked by the caller). */
 static void widen_tile(const int8_t* w, int64_t K, int nr, float* wf) {
