@@ -144,18 +144,20 @@ def decode_attention(
     return out
 
 
+def heads_fit(heads: int, kv_heads: int, head_dim: int) -> bool:
+    """Whether decode attention's kernel takes this head layout (its stack buffers)."""
+    return heads % kv_heads == 0 and heads // kv_heads <= MAX_GROUP and head_dim <= MAX_HEAD_DIM
+
+
 def can_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether decode_attention takes these tensors (layouts and the kernel's limits)."""
-    h, d = q.shape[1], q.shape[2]
-    kvh = k.shape[1]
+    d = q.shape[2]
     return (
         q.stride(2) == 1
         and q.stride(1) == d
         and k.stride(3) == 1
         and v.stride() == k.stride()
-        and h % kvh == 0
-        and h // kvh <= MAX_GROUP
-        and d <= MAX_HEAD_DIM
+        and heads_fit(q.shape[1], k.shape[1], d)
     )
 
 

@@ -135,9 +135,7 @@ class LlamaDecoderLayer(nn.Module):
             or not attn._c_qk_norm()
             or (attn.qk_norm and attn.q_norm.eps != self.input_layernorm.eps)
             or any(w.dtype != torch.float32 for w in norms)
-            or attn.num_heads % attn.num_kv_heads
-            or attn.num_heads // attn.num_kv_heads > cpu_ops.MAX_GROUP
-            or attn.head_dim > cpu_ops.MAX_HEAD_DIM
+            or not cpu_ops.heads_fit(attn.num_heads, attn.num_kv_heads, attn.head_dim)
             or self.input_layernorm.eps != self.post_attention_layernorm.eps
         ):
             return None
