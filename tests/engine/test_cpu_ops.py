@@ -148,6 +148,11 @@ def test_decode_attention_matches_sdpa(
         enable_gqa=True,
     ).reshape(b, -1)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    if masked:  # what a masked key holds is never read, NaN included
+        k_all[:, :, lo:n].masked_fill_(hide[:, None, :, None], float("nan"))
+        v_all[:, :, lo:n].masked_fill_(hide[:, None, :, None], float("nan"))
+        again = cpu_ops.decode_attention(q, k_all, v_all, lo, n, mask, d**-0.5)
+        assert torch.equal(again, got)
 
 
 def test_attention_layer_same_with_and_without_the_ops(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -52,6 +52,28 @@ def test_request_joining_mid_batch_does_not_disturb(tiny_llm_factory):
     assert_pool_free(llm)
 
 
+def test_unwritten_cache_slots_are_never_read(tiny_model_dirs):
+    """Decodes of different lengths share one padded batch (chunked prefill beside them),
+    so attention spans slots no token was written to, masked out. The pool starts zeroed,
+    and what a masked slot holds never reaches the output: poisoned with NaN (recycled
+    memory can hold any bit pattern), the tokens are the same."""
+    from tritium.engine import LLM
+
+    prompts = [{"prompt_token_ids": [5 + i for i in range(n)]} for n in (1, 9, 30)]
+    runs = []
+    for poison in (False, True):
+        llm = LLM(str(tiny_model_dirs["llama"]), dtype="float32", max_num_batched_tokens=16, max_num_seqs=3)  # fmt: skip
+        pool = llm.engine_core.runner.kv_cache
+        assert not pool.any()
+        if poison:
+            pool.fill_(float("nan"))
+        outs = llm.generate(prompts, GREEDY, use_tqdm=False)
+        runs.append(tokens(outs))
+        assert_pool_free(llm)
+    assert runs[0] == runs[1]
+    assert all(len(t) == 12 for t in runs[0])
+
+
 def test_prefix_cache_hit_gives_same_tokens(tiny_llm_factory):
     llm = tiny_llm_factory(block_size=4)
     prompt = "A shared system prompt that is long enough to fill blocks. Question one?"

@@ -71,7 +71,10 @@ class ModelRunner:
         first = self.attn_layers[0]
         self.num_kv_heads, self.head_dim = first.num_kv_heads, first.head_dim
         self.num_blocks = self._num_blocks(args)
-        self.kv_cache = torch.empty(
+        # Zeroed, as vLLM does: a padded decode batch reads slots no token was written to
+        # (masked out), and recycled memory could hold NaN bit patterns, which a mask
+        # cannot hide (NaN - inf is NaN; 0 * NaN is NaN).
+        self.kv_cache = torch.zeros(
             2, len(self.attn_layers), self.num_blocks, self.block_size, self.num_kv_heads,
             self.head_dim, dtype=self.dtype, device=self.device,
         )  # fmt: skip

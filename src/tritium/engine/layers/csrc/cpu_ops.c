@@ -182,6 +182,12 @@ void tritium_decode_attention(const float* q, int64_t q_row_stride, int64_t B, i
           const float* qh = q + b * q_row_stride + (kh * group + g) * D;
           float m = -INFINITY;
           for (int64_t j = 0; j < nj; ++j) {
+            /* A masked key is never read: past a sequence's end the rows hold whatever the
+             * slot held, and NaN there would survive an additive -inf. */
+            if (mb && mb[j0 + j] == -INFINITY) {
+              scores[j] = -INFINITY;
+              continue;
+            }
             float s = dot(qh, kb + (j0 + j) * stride_t, D) * scale;
             if (mb) s += mb[j0 + j];
             scores[j] = s;
@@ -193,6 +199,7 @@ void tritium_decode_attention(const float* q, int64_t q_row_stride, int64_t B, i
           run_sum[g] *= correction;
           for (int64_t i = 0; i < D; ++i) acc[g][i] *= correction;
           for (int64_t j = 0; j < nj; ++j) {
+            if (scores[j] == -INFINITY) continue; /* masked: its value row is not read */
             const float p = expf(scores[j] - new_max);
             run_sum[g] += p;
             axpy(acc[g], p, vb + (j0 + j) * stride_t, D);
