@@ -1,9 +1,12 @@
 """GPU path: the Triton paged-attention kernels against a float64 torch reference, and the
-engine on CUDA (Triton attention, CUDA graphs) against transformers. Skipped without CUDA."""
+engine on CUDA (Triton attention, CUDA graphs) against transformers. Without CUDA the
+kernels run on CPU tensors in Triton's interpreter (tests/conftest.py); the engine tests
+need CUDA."""
 
 from __future__ import annotations
 
 import json
+import os
 import random
 
 import pytest
@@ -11,7 +14,17 @@ import torch
 
 from tritium.engine.layers import paged_attention_triton as pa
 
-pytestmark = pytest.mark.skipif(
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+INTERPRETED = DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+needs_kernels = pytest.mark.skipif(
+    not pa.HAS_TRITON or (DEVICE == "cpu" and not INTERPRETED),
+    reason="needs Triton (on CPU, its interpreter)",
+)
+# Cases the interpreter skips: it multiplies bf16 tiles as raw integers, and the largest
+# shapes take ~10 s each there. The GPU runs them all.
+on_gpu_only = pytest.mark.skipif(INTERPRETED, reason="bf16 or large: GPU only")
+BF16 = pytest.param(torch.bfloat16, marks=on_gpu_only)
+needs_cuda = pytest.mark.skipif(
     not (torch.cuda.is_available() and pa.HAS_TRITON), reason="needs CUDA and Triton"
 )
 
@@ -23,36 +36,67 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.double() - ref).norm() / ref.norm()).item()
 
 
-@pytest.mark.parametrize("block_size", [8, 16, 32])
-@pytest.mark.parametrize(("heads", "kv_heads", "head_dim"), [(4, 4, 64), (8, 2, 128), (32, 8, 64)])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@needs_kernels
+@pytest.mark.parametrize("block_size", [8, pytest.param(16, marks=on_gpu_only), 32])
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "head_dim"),
+    [(4, 4, 64), (8, 2, 128), pytest.param(32, 8, 64, marks=on_gpu_only)],
+)
+@pytest.mark.parametrize("dtype", [BF16, torch.float32])
 @pytest.mark.parametrize("splits", [1, 5])
 def test_decode_matches_reference(block_size, heads, kv_heads, head_dim, dtype, splits):
-    g = torch.Generator("cuda").manual_seed(block_size * 1000 + heads + splits)
+    _check_decode(block_size, heads, kv_heads, head_dim, dtype, splits, window=0)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [BF16, torch.float32])
+@pytest.mark.parametrize("splits", [1, 3])
+def test_windowed_decode_matches_reference(dtype, splits):
+    """A sliding-window layer: contexts shorter and longer than the window, which also
+    starts inside a block and inside a key tile."""
+    _check_decode(16, 8, 2, 64, dtype, splits, window=100)
+
+
+def _check_decode(block_size, heads, kv_heads, head_dim, dtype, splits, window):
+    g = torch.Generator(DEVICE).manual_seed(block_size * 1000 + heads + splits)
     lens = [1, 7, block_size, 129, 700, 0]
     width = max(-(-n // block_size) for n in lens) + 3  # wider than needed: must be ignored
     nb = len(lens) * width + 5
-    kc = torch.randn(nb, block_size, kv_heads, head_dim, device="cuda", generator=g).to(dtype)
-    vc = torch.randn(kc.shape, device="cuda", generator=g).to(dtype)
-    tables = torch.randperm(nb, device="cuda", generator=g)[: len(lens) * width]
+    kc = torch.randn(nb, block_size, kv_heads, head_dim, device=DEVICE, generator=g).to(dtype)
+    vc = torch.randn(kc.shape, device=DEVICE, generator=g).to(dtype)
+    tables = torch.randperm(nb, device=DEVICE, generator=g)[: len(lens) * width]
     tables = tables.view(len(lens), width).to(torch.int32)
-    q = torch.randn(len(lens), heads, head_dim, device="cuda", generator=g).to(dtype)
-    ctx = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    q = torch.randn(len(lens), heads, head_dim, device=DEVICE, generator=g).to(dtype)
+    ctx = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
     out = torch.full_like(q, float("nan"))
-    pa.paged_decode(q, kc, vc, tables, ctx, head_dim**-0.5, splits, out=out)
-    ref = pa.reference_decode(q, kc, vc, tables, ctx, head_dim**-0.5)
+    pa.paged_decode(q, kc, vc, tables, ctx, head_dim**-0.5, splits, out=out, window=window)
+    ref = pa.reference_decode(q, kc, vc, tables, ctx, head_dim**-0.5, window)
     assert rel_err(out, ref) < TOL[dtype]
     assert torch.all(out[-1] == 0)  # a padded (empty) row reads nothing
 
 
+@needs_kernels
 @pytest.mark.parametrize("block_size", [16, 32])
-@pytest.mark.parametrize(("heads", "kv_heads", "head_dim"), [(4, 2, 64), (32, 8, 128)])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "head_dim"), [(4, 2, 64), pytest.param(32, 8, 128, marks=on_gpu_only)]
+)
+@pytest.mark.parametrize("dtype", [BF16, torch.float32])
 def test_prefill_and_write_match_reference(block_size, heads, kv_heads, head_dim, dtype):
-    g = torch.Generator("cuda").manual_seed(block_size + heads)
+    _check_prefill(block_size, heads, kv_heads, head_dim, dtype, window=0)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [BF16, torch.float32])
+def test_windowed_prefill_matches_reference(dtype):
+    """Chunks shorter and longer than the window, and one starting past it in the cache."""
+    _check_prefill(16, 4, 2, 64, dtype, window=37)
+
+
+def _check_prefill(block_size, heads, kv_heads, head_dim, dtype, window):
+    g = torch.Generator(DEVICE).manual_seed(block_size + heads)
     nb = 128
-    kc = torch.randn(nb, block_size, kv_heads, head_dim, device="cuda", generator=g).to(dtype)
-    vc = torch.randn(kc.shape, device="cuda", generator=g).to(dtype)
+    kc = torch.randn(nb, block_size, kv_heads, head_dim, device=DEVICE, generator=g).to(dtype)
+    vc = torch.randn(kc.shape, device=DEVICE, generator=g).to(dtype)
     spec = [(5, 0), (200, 0), (33, 90), (1, 40)]  # (query rows, tokens already cached)
     perm = torch.randperm(nb, generator=torch.Generator().manual_seed(0)).tolist()
     chunks, slots, row, used = [], [], 0, 0
@@ -64,17 +108,17 @@ def test_prefill_and_write_match_reference(block_size, heads, kv_heads, head_dim
         slots += [table[p // block_size] * block_size + p % block_size for p in range(ctx, ctx + n)]
         row += n
     t = row
-    q = torch.randn(t, heads, head_dim, device="cuda", generator=g).to(dtype)
-    k = torch.randn(t, kv_heads, head_dim, device="cuda", generator=g).to(dtype)
-    v = torch.randn(t, kv_heads, head_dim, device="cuda", generator=g).to(dtype)
+    q = torch.randn(t, heads, head_dim, device=DEVICE, generator=g).to(dtype)
+    k = torch.randn(t, kv_heads, head_dim, device=DEVICE, generator=g).to(dtype)
+    v = torch.randn(t, kv_heads, head_dim, device=DEVICE, generator=g).to(dtype)
     width = max(len(c[3]) for c in chunks)
     tile_chunk, tile_m0 = pa.prefill_tiles([c[1] for c in chunks])
 
     def i32(x):
-        return torch.tensor(x, dtype=torch.int32, device="cuda")
+        return torch.tensor(x, dtype=torch.int32, device=DEVICE)
 
     meta = pa.PagedMetadata(
-        slot_mapping=torch.tensor(slots, device="cuda"),
+        slot_mapping=torch.tensor(slots, device=DEVICE),
         prefill_q_start=i32([c[0] for c in chunks]),
         prefill_q_len=i32([c[1] for c in chunks]),
         prefill_context_len=i32([c[2] for c in chunks]),
@@ -85,13 +129,13 @@ def test_prefill_and_write_match_reference(block_size, heads, kv_heads, head_dim
     )
 
     class Layer:
-        k_cache, v_cache, scale = kc, vc, head_dim**-0.5
+        k_cache, v_cache, scale, sliding_window = kc, vc, head_dim**-0.5, window or None
 
     out = pa.paged_attention_forward(Layer, q, k, v, meta).view(t, heads, head_dim)
-    flat = torch.tensor(slots, device="cuda")
+    flat = torch.tensor(slots, device=DEVICE)
     assert torch.equal(kc.view(-1, kv_heads, head_dim)[flat], k)
     assert torch.equal(vc.view(-1, kv_heads, head_dim)[flat], v)
-    ref = pa.reference_prefill(q, kc, vc, chunks, head_dim**-0.5)
+    ref = pa.reference_prefill(q, kc, vc, chunks, head_dim**-0.5, window)
     assert rel_err(out, ref) < TOL[dtype]
 
 
@@ -130,6 +174,7 @@ def _hf_model(config_path):
     return hf.eval()
 
 
+@needs_cuda
 @pytest.mark.parametrize("enforce_eager", [False, True])
 def test_engine_on_cuda_matches_transformers(tiny_config_path, enforce_eager):
     """Greedy tokens of the engine (Triton kernels, chunked prefill, prefix cache, graphs)

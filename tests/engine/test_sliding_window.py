@@ -1,11 +1,12 @@
 """Sliding-window attention (Mistral, Qwen2 with use_sliding_window) matches transformers
 token for token in float32: prompts past the window, alone and batched, chunked prefill,
-prefix-cache hits, both CPU decode paths; a window wider than the context changes nothing;
-on CUDA the length is capped to the window."""
+prefix-cache hits, both CPU decode paths, and the Triton step (on CPU through Triton's
+interpreter); a window wider than the context changes nothing."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -13,8 +14,7 @@ import pytest
 import torch
 from engine_testing import TINY, assert_pool_free
 
-from tritium.engine import LLM, EngineArgs, SamplingParams
-from tritium.engine.engine_core import cap_to_sliding_window
+from tritium.engine import LLM, SamplingParams
 from tritium.engine.layers.paged_attention_triton import HAS_TRITON
 from tritium.engine.models.llama import layer_sliding_windows
 
@@ -194,28 +194,29 @@ def test_window_wider_than_the_context_changes_nothing(window_dirs):
     assert chunk.window_mask is None and chunk.mask is None
 
 
-def test_max_model_len_is_capped_to_the_window_only_where_kernels_ignore_it():
-    from transformers import MistralConfig, Qwen2Config
+@pytest.mark.skipif(
+    not HAS_TRITON or (not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"),
+    reason="needs Triton (on CPU, its interpreter)",
+)
+@pytest.mark.parametrize("family", ["mistral", "qwen2"])
+def test_triton_step_matches_transformers(window_dirs, hf_greedy, family):
+    """The CUDA step's kernels apply the window themselves: batched prompts past it, with
+    chunked prefill, keep the full length and give transformers' tokens (on CPU through
+    the interpreter, eagerly; on a GPU with CUDA graphs)."""
+    from tritium.engine.cuda_graphs import GpuExecutor
 
-    cfg = MistralConfig(sliding_window=WINDOW, architectures=["MistralForCausalLM"], **TINY)
-    assert cap_to_sliding_window(512, EngineArgs(device="cpu"), cfg) == 512
-    if not HAS_TRITON:
-        pytest.skip("no Triton: CUDA runs the torch path, which applies the window itself")
-    cuda = EngineArgs(device="cuda")
-    assert cap_to_sliding_window(512, cuda, cfg) == WINDOW
-    assert cap_to_sliding_window(4, cuda, cfg) == 4  # already inside the window
-    off = Qwen2Config(sliding_window=WINDOW, architectures=["Qwen2ForCausalLM"], **TINY)
-    assert cap_to_sliding_window(512, cuda, off) == 512  # use_sliding_window is False
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_engine_stays_inside_the_window(window_dirs, hf_greedy):
-    if not HAS_TRITON:
-        pytest.skip("needs Triton")
-    llm = LLM(str(window_dirs["mistral"]), dtype="float32", device="cuda", block_size=4)
-    assert llm.engine_core.max_model_len == WINDOW
-    ids = PROMPTS[1]  # 5 tokens: 3 generated before the length limit
-    params = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
-    out = llm.generate([ids], params, use_tqdm=False)[0].outputs[0]
-    assert out.finish_reason == "length"
-    assert out.token_ids == hf_greedy("mistral", ids)[: WINDOW - len(ids)]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    llm = LLM(
+        str(window_dirs[family]), dtype="float32", device=device, block_size=4,
+        max_num_batched_tokens=16, max_num_seqs=4,
+        num_gpu_blocks_override=256 if device == "cuda" else None,
+    )  # fmt: skip
+    runner = llm.engine_core.runner
+    if runner.gpu is None:
+        runner.gpu = GpuExecutor(runner, max_num_seqs=4, enforce_eager=True)
+    assert llm.engine_core.max_model_len > WINDOW
+    n = 16  # past the window for every prompt
+    params = SamplingParams(temperature=0, max_tokens=n, ignore_eos=True)
+    outs = llm.generate(PROMPTS, params, use_tqdm=False)
+    assert_pool_free(llm)
+    assert [o.outputs[0].token_ids for o in outs] == [hf_greedy(family, p)[:n] for p in PROMPTS]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from tritium.engine.layers import fused_ops_triton
 from tritium.engine.layers.paged_attention_triton import (
     PagedMetadata,
     num_decode_splits,
@@ -39,10 +40,13 @@ class GpuExecutor:
         self.block_size = runner.block_size
         self.max_blocks = -(-runner.max_model_len // self.block_size)
         self.num_kv_heads = runner.num_kv_heads
-        self.num_sms = torch.cuda.get_device_properties(self.device).multi_processor_count
+        # CPU tensors: the tests run this step through Triton's interpreter (no graphs).
+        on_cuda = self.device.type == "cuda"
+        self.num_sms = torch.cuda.get_device_properties(self.device).multi_processor_count if on_cuda else 1  # fmt: skip
         self.max_num_seqs = max_num_seqs
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self.use_graphs = not enforce_eager
+        fused_ops_triton.use_triton_ops(self.model)
+        self.use_graphs = on_cuda and not enforce_eager
         if self.use_graphs:
             self.capture()
 

@@ -20,8 +20,6 @@ from tritium.engine.messages import (
     SchedulerStats,
 )
 from tritium.engine.model_runner import ModelRunner
-from tritium.engine.models import resolve_architecture
-from tritium.engine.models.llama import layer_sliding_windows
 from tritium.engine.scheduler import Scheduler
 from tritium.engine.sequence import Sequence
 
@@ -88,34 +86,6 @@ def resolve_quantization(args: EngineArgs, ckpt: Checkpoint) -> str | dict[str, 
     return formats if formats and quant_kernel.is_available() else None
 
 
-def cap_to_sliding_window(max_len: int, args: EngineArgs, hf_config) -> int:
-    """max_len, or the model's sliding window where the attention kernels would ignore it.
-
-    The CUDA Triton kernels attend to the whole context, so a windowed model (Mistral 7B
-    v0.1, Qwen2 with use_sliding_window) stays exact there only while no sequence outgrows
-    its window: cap the length to it, as vLLM did before it had windowed kernels. The CPU
-    (torch) path applies the window itself and keeps the full length.
-    """
-    if args.resolved_device().type != "cuda":
-        return max_len
-    from tritium.engine.layers.paged_attention_triton import HAS_TRITON
-
-    if not HAS_TRITON:  # the torch path runs on CUDA too, window included
-        return max_len
-    arch = resolve_architecture(hf_config)
-    windows = [w for w in layer_sliding_windows(hf_config, arch) if w is not None]
-    if not windows or min(windows) >= max_len:
-        return max_len
-    window = min(windows)
-    log.warning(
-        "max_model_len %d capped to the model's sliding window %d: the CUDA attention "
-        "kernels do not implement sliding-window attention",
-        max_len,
-        window,
-    )
-    return window
-
-
 class EngineCore:
     """One model's engine: add requests, step, read outputs."""
 
@@ -127,7 +97,6 @@ class EngineCore:
         max_len = args.max_model_len or min(
             getattr(cfg, "max_position_embeddings", DEFAULT_MAX_MODEL_LEN), DEFAULT_MAX_MODEL_LEN
         )
-        max_len = cap_to_sliding_window(max_len, args, cfg)
         quantization = resolve_quantization(args, ckpt)
         self.runner = ModelRunner(args, cfg, ckpt.weights(), max_len, quantization)
         # One sequence must always fit in the pool, or it would preempt itself forever.

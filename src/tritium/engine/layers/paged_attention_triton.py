@@ -14,6 +14,9 @@ Three kernels, all driven by one `PagedMetadata` per step:
   causal limit, so context already in the cache (chunked prefill, prefix-cache hits) and
   the chunk itself are read the same way, straight from the pool.
 
+Sliding-window layers (Mistral, Qwen2 with use_sliding_window) pass their window: a query
+at position p sees keys (p - window, p], and tiles wholly before that are never read.
+
 The K/V pool layout is the runner's: [num_blocks, block_size, num_kv_heads, head_dim].
 `reference_decode` / `reference_prefill` are plain torch versions for tests.
 """
@@ -86,7 +89,7 @@ if HAS_TRITON:
         t = tl.program_id(0)
         slot = tl.load(slot_ptr + t).to(tl.int64)
         offs = tl.arange(0, BLOCK)
-        m = (offs < ROW) & (slot >= 0)
+        m = (offs < ROW) & ((slot + tl.zeros_like(offs)) >= 0)  # a vector (the interpreter)
         k = tl.load(k_ptr + t.to(tl.int64) * k_stride + offs, mask=m)
         v = tl.load(v_ptr + t.to(tl.int64) * v_stride + offs, mask=m)
         tl.store(kc_ptr + slot * ROW + offs, k, mask=m)
@@ -100,13 +103,18 @@ if HAS_TRITON:
         GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
         D_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
         NUM_SPLITS: tl.constexpr, NUM_HEADS: tl.constexpr, IEEE: tl.constexpr,
+        WINDOW: tl.constexpr,
     ):  # fmt: skip
         b = tl.program_id(0)
         kvh = tl.program_id(1)
         s = tl.program_id(2)
         ctx = tl.load(ctx_ptr + b)
-        tiles_per_split = tl.cdiv(tl.cdiv(ctx, BLOCK_N), NUM_SPLITS)
-        start = s * tiles_per_split * BLOCK_N
+        if WINDOW > 0:  # noqa: SIM108 (a compile-time branch); keys [ctx - WINDOW, ctx)
+            lo = tl.maximum(ctx - WINDOW, 0)
+        else:
+            lo = ctx * 0
+        tiles_per_split = tl.cdiv(tl.cdiv(ctx - lo, BLOCK_N), NUM_SPLITS)
+        start = lo + s * tiles_per_split * BLOCK_N
         end = tl.minimum(ctx, start + tiles_per_split * BLOCK_N)
         g = tl.arange(0, GROUP_PAD)
         d = tl.arange(0, D_PAD)
@@ -192,7 +200,7 @@ if HAS_TRITON:
         kv_stride_blk, kv_stride_tok,
         GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
         BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        IEEE: tl.constexpr,
+        IEEE: tl.constexpr, WINDOW: tl.constexpr,
     ):  # fmt: skip
         tile = tl.program_id(0)
         h = tl.program_id(1)
@@ -218,8 +226,11 @@ if HAS_TRITON:
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, D_PAD], tl.float32)
         bt_row = bt_ptr + c.to(tl.int64) * bt_stride
+        n_first = ctx0 * 0
+        if WINDOW > 0:  # query p sees keys (p - WINDOW, p]: skip tiles before the first row's
+            n_first = tl.maximum(ctx0 + m0 - WINDOW + 1, 0) // BLOCK_N * BLOCK_N
         # Loop to the tile's last row without the min (a scalar bound); masks use kv_end.
-        for n0 in range(0, ctx0 + m0 + BLOCK_M, BLOCK_N):
+        for n0 in range(n_first, ctx0 + m0 + BLOCK_M, BLOCK_N):
             n = n0 + tl.arange(0, BLOCK_N)
             nm = n < kv_end
             blk = tl.load(bt_row + n // BLOCK_SIZE, mask=nm, other=0).to(tl.int64)
@@ -228,6 +239,8 @@ if HAS_TRITON:
             k = tl.load(kc_ptr + off[:, None] + d[None, :], mask=kv_mask, other=0.0)
             sc = tl.dot(q, tl.trans(k), input_precision="ieee") if IEEE else tl.dot(q, tl.trans(k))
             keep = nm[None, :] & (n[None, :] <= q_pos[:, None])
+            if WINDOW > 0:
+                keep = keep & (n[None, :] > q_pos[:, None] - WINDOW)
             sc = tl.where(keep, sc * qk_scale, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(sc, 1))
             # Rows with nothing visible yet keep m = -inf; use 0 there so exp2 stays finite.
@@ -275,8 +288,10 @@ def paged_decode(
     scale: float,
     num_splits: int = 1,
     out: torch.Tensor | None = None,
+    window: int = 0,
 ) -> torch.Tensor:
-    """q: [B, H, D] one token per sequence -> [B, H, D] attention over its cached tokens."""
+    """q: [B, H, D] one token per sequence -> [B, H, D] attention over its cached tokens
+    (the last `window` of them, when given: a sliding-window layer)."""
     b, h, d = q.shape
     _, block_size, kvh, _ = k_cache.shape
     group = h // kvh
@@ -289,7 +304,7 @@ def paged_decode(
     common = dict(
         GROUP=group, GROUP_PAD=max(16, _next_pow2(group)), HEAD_DIM=d, D_PAD=d_pad,
         BLOCK_SIZE=block_size, BLOCK_N=DECODE_BLOCK_N, NUM_SPLITS=num_splits,
-        NUM_HEADS=h, IEEE=ieee,
+        NUM_HEADS=h, IEEE=ieee, WINDOW=window,
     )  # fmt: skip
     if num_splits == 1:
         part_o = part_lse = out  # unused
@@ -318,9 +333,11 @@ def paged_prefill(
     meta: PagedMetadata,
     scale: float,
     out: torch.Tensor,
+    window: int = 0,
 ) -> torch.Tensor:
     """Attention for every prefill chunk of `meta` in one launch; rows are written in place
-    into `out` ([T, H, D], the same row layout as `q`)."""
+    into `out` ([T, H, D], the same row layout as `q`). `window`: query p sees only keys
+    (p - window, p]."""
     if not meta.num_prefill_tiles:
         return out
     _, h, d = q.shape
@@ -334,7 +351,7 @@ def paged_prefill(
         bt.stride(0), k_cache.stride(0), k_cache.stride(1),
         GROUP=h // kvh, HEAD_DIM=d, D_PAD=max(16, _next_pow2(d)), BLOCK_SIZE=block_size,
         BLOCK_M=PREFILL_BLOCK_M, BLOCK_N=PREFILL_BLOCK_N, IEEE=q.dtype == torch.float32,
-        num_warps=4,
+        WINDOW=window, num_warps=4,
     )  # fmt: skip
     return out
 
@@ -343,18 +360,25 @@ def paged_attention_forward(
     layer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: PagedMetadata
 ) -> torch.Tensor:
     """`Attention.forward` for the Triton path: q [T, H, D], k/v [T, KVH, D] -> [T, H*D]."""
+    write_kv(k, v, layer.k_cache, layer.v_cache, meta.slot_mapping)
+    return paged_attention(layer, q, meta)
+
+
+def paged_attention(layer, q: torch.Tensor, meta: PagedMetadata) -> torch.Tensor:
+    """Attention of q [T, H, D] over `layer`'s cache, which already holds the step's keys
+    and values (written by `write_kv` or the fused rotary kernel) -> [T, H*D]."""
     kc, vc = layer.k_cache, layer.v_cache
-    write_kv(k, v, kc, vc, meta.slot_mapping)
+    window = layer.sliding_window or 0
     out = torch.empty_like(q)
     nd = meta.num_decodes
     if nd:
         assert meta.decode_block_tables is not None and meta.decode_context_lens is not None
         paged_decode(
             q[:nd], kc, vc, meta.decode_block_tables, meta.decode_context_lens,
-            layer.scale, meta.decode_splits, out=out[:nd],
+            layer.scale, meta.decode_splits, out=out[:nd], window=window,
         )  # fmt: skip
     if meta.num_prefill_tiles:
-        paged_prefill(q, kc, vc, meta, layer.scale, out)
+        paged_prefill(q, kc, vc, meta, layer.scale, out, window)
     return out.view(q.shape[0], -1)
 
 
@@ -379,20 +403,28 @@ def _gather(cache: torch.Tensor, table: list[int] | torch.Tensor, n: int) -> tor
     return cache[blocks].flatten(0, 1)[:n]
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal_from: int):
-    """q [n, H, D] at positions causal_from.. against k/v [m, KVH, D], float64."""
+def _attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal_from: int,
+    window: int = 0,
+) -> torch.Tensor:  # fmt: skip
+    """q [n, H, D] at positions causal_from.. against k/v [m, KVH, D], float64; with a
+    window, query p sees keys (p - window, p]."""
     group = q.shape[1] // k.shape[1]
     k = k.double().repeat_interleave(group, 1)
     v = v.double().repeat_interleave(group, 1)
     s = torch.einsum("nhd,mhd->hnm", q.double(), k) * scale
     q_pos = torch.arange(q.shape[0], device=q.device)[:, None] + causal_from
-    s = s.masked_fill(torch.arange(k.shape[0], device=q.device)[None, :] > q_pos, float("-inf"))
+    k_pos = torch.arange(k.shape[0], device=q.device)[None, :]
+    hidden = k_pos > q_pos
+    if window:
+        hidden |= k_pos <= q_pos - window
+    s = s.masked_fill(hidden, float("-inf"))
     return torch.einsum("hnm,mhd->nhd", s.softmax(-1), v)
 
 
 def reference_decode(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-    block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float,
+    block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float, window: int = 0,
 ) -> torch.Tensor:  # fmt: skip
     """float64 decode attention, one sequence at a time (0-length rows give zeros)."""
     out = torch.zeros(q.shape, dtype=torch.float64, device=q.device)
@@ -400,18 +432,18 @@ def reference_decode(
         if n:
             k = _gather(k_cache, block_tables[i], n)
             v = _gather(v_cache, block_tables[i], n)
-            out[i] = _attend(q[i : i + 1], k, v, scale, n - 1)[0]
+            out[i] = _attend(q[i : i + 1], k, v, scale, n - 1, window)[0]
     return out
 
 
 def reference_prefill(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-    chunks: list[tuple[int, int, int, list[int]]], scale: float,
+    chunks: list[tuple[int, int, int, list[int]]], scale: float, window: int = 0,
 ) -> torch.Tensor:  # fmt: skip
     """float64 prefill: chunks are (first row, rows, context_len, block table)."""
     out = torch.zeros(q.shape, dtype=torch.float64, device=q.device)
     for start, n, ctx, table in chunks:
         k = _gather(k_cache, table, ctx + n)
         v = _gather(v_cache, table, ctx + n)
-        out[start : start + n] = _attend(q[start : start + n], k, v, scale, ctx)
+        out[start : start + n] = _attend(q[start : start + n], k, v, scale, ctx, window)
     return out

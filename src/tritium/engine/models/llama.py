@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tritium.engine.layers import cpu_ops
+from tritium.engine.layers import cpu_ops, fused_ops_triton
 from tritium.engine.layers.attention import Attention, AttentionMetadata
 from tritium.engine.layers.linear import Linear
 from tritium.engine.layers.norm import RMSNorm
+from tritium.engine.layers.paged_attention_triton import paged_attention
 from tritium.engine.layers.rotary import RotaryEmbedding, apply_rope
 
 Rope = tuple[torch.Tensor, torch.Tensor]
@@ -66,10 +67,13 @@ class LlamaAttention(nn.Module):
         self.attn = Attention(
             self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim**-0.5, sliding_window
         )
+        self.triton_ops = False  # fused_ops_triton.use_triton_ops
 
     def forward(self, rope: Rope, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         t, h, d = x.shape[0], self.num_heads, self.head_dim
         qkv = self.qkv_proj(x)
+        if self.triton_ops and getattr(meta, "paged_triton", False) and qkv.stride(1) == 1:
+            return self.o_proj(self._triton_attention(qkv, rope, meta))
         v = qkv[:, self.q_size + self.kv_size :].view(t, self.num_kv_heads, d)
         if cpu_ops.enabled(qkv) and qkv.is_contiguous() and self._c_qk_norm():
             if self.qk_norm:  # in place, as the one-call decode layer does
@@ -87,6 +91,20 @@ class LlamaAttention(nn.Module):
             qk = apply_rope(qkv[:, : self.q_size + self.kv_size].view(t, -1, d), rope)
             q, k = qk[:, :h], qk[:, h:]
         return self.o_proj(self.attn(q, k, v, meta))
+
+    def _triton_attention(self, qkv: torch.Tensor, rope: Rope, meta) -> torch.Tensor:
+        """The CUDA step: one kernel for the q/k norms, RoPE and the cache store, in place
+        in qkv, then paged attention over the cache."""
+        attn = self.attn
+        qk_norm = None
+        if self.qk_norm:
+            qk_norm = (self.q_norm.weight, self.k_norm.weight, self.q_norm.eps)
+        fused_ops_triton.qkv_rope_write_kv(
+            qkv, self.num_heads, self.num_kv_heads, self.head_dim, rope,
+            attn.k_cache, attn.v_cache, meta.slot_mapping, qk_norm,
+        )  # fmt: skip
+        q = qkv[:, : self.q_size].view(qkv.shape[0], self.num_heads, self.head_dim)
+        return paged_attention(attn, q, meta)
 
     def _c_qk_norm(self) -> bool:
         """Whether the C ops cover this layer's q/k norms (always, without them): fp32
@@ -106,9 +124,12 @@ class LlamaMLP(nn.Module):
         self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias=bias)
         if getattr(config, "hidden_act", "silu") != "silu":
             raise ValueError(f"unsupported hidden_act {config.hidden_act!r} (only silu)")
+        self.triton_ops = False  # fused_ops_triton.use_triton_ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.gate_up_proj(x)
+        if self.triton_ops and gate_up.dim() == 2 and gate_up.stride(1) == 1:
+            return self.down_proj(fused_ops_triton.silu_mul(gate_up))
         if gate_up.dim() == 2 and cpu_ops.enabled(gate_up) and gate_up.is_contiguous():
             return self.down_proj(cpu_ops.silu_mul(gate_up))
         gate, up = gate_up.split(self.intermediate_size, dim=-1)
@@ -178,7 +199,12 @@ class LlamaModel(nn.Module):
     ) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
         rope = self.rotary_emb(positions, x.dtype)  # once per step, shared by every layer
-        if meta.decode_views is not None and not meta.prefills and cpu_ops.enabled(x):
+        if (
+            isinstance(meta, AttentionMetadata)  # not the Triton step's PagedMetadata
+            and meta.decode_views is not None
+            and not meta.prefills
+            and cpu_ops.enabled(x)
+        ):
             layers = self._fused_decode_params()
             if layers:
                 return self._fused_decode(layers, x, rope, meta)
