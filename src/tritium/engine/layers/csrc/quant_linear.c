@@ -200,7 +200,44 @@ int tritium_int8_linear(const float* x, int64_t M, int64_t K, const int8_t* w,
  * reading them from memory; bytes times bytes do 32 multiply-adds in two instructions. The
  * per-row arithmetic does not depend on M, so a row's result is the same alone or batched. */
 
-static void quantize_row_q8(const float* x, int64_t K, int8_t* q, float* d, float* s) {
+#ifdef HAVE_GEMV
+/* The same arithmetic, 8 lanes at a time (the rounding is round-half-even in both); also
+ * writes the rounded row back as fp32 (d * q) when xf is given, for the several-row path. */
+static void quantize_row_q8(const float* x, int64_t K, int8_t* q, float* d, float* s,
+                            float* xf) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (int64_t b = 0; b < K / QB; ++b) {
+    const float* xb = x + b * QB;
+    __m256 v[4], amax = _mm256_setzero_ps();
+    for (int i = 0; i < 4; ++i) {
+      v[i] = _mm256_loadu_ps(xb + 8 * i);
+      amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[i]));
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float db = _mm_cvtss_f32(m4) / 127.0f, id = db != 0.0f ? 1.0f / db : 0.0f;
+    const __m256 vid = _mm256_set1_ps(id), vdb = _mm256_set1_ps(db);
+    __m256i sum = _mm256_setzero_si256();
+    for (int i = 0; i < 4; ++i) {
+      const __m256 r = _mm256_round_ps(_mm256_mul_ps(v[i], vid),
+                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m256i qi = _mm256_cvtps_epi32(r);
+      sum = _mm256_add_epi32(sum, qi);
+      const __m128i q16 = _mm_packs_epi32(_mm256_castsi256_si128(qi), _mm256_extracti128_si256(qi, 1));
+      _mm_storel_epi64((__m128i*)(q + b * QB + 8 * i), _mm_packs_epi16(q16, q16));
+      if (xf) _mm256_storeu_ps(xf + b * QB + 8 * i, _mm256_mul_ps(vdb, r));
+    }
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+    d[b] = db;
+    s[b] = db * (float)_mm_cvtsi128_si32(s4);
+  }
+}
+#else
+static void quantize_row_q8(const float* x, int64_t K, int8_t* q, float* d, float* s,
+                            float* xf) {
   for (int64_t b = 0; b < K / QB; ++b) {
     const float* xb = x + b * QB;
     float amax = 0.0f;
@@ -217,8 +254,11 @@ static void quantize_row_q8(const float* x, int64_t K, int8_t* q, float* d, floa
     }
     d[b] = db;
     s[b] = db * (float)sum;
+    if (xf)
+      for (int i = 0; i < QB; ++i) xf[b * QB + i] = db * (float)q[b * QB + i];
   }
 }
+#endif
 
 #ifdef HAVE_GEMV
 /* The 32 codes of one block as bytes in value order (0-15 from the low nibbles). */
@@ -329,11 +369,8 @@ int tritium_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* codes
     free(xq), free(xd), free(xs), free(xf);
     return -1;
   }
-  for (int64_t m = 0; m < M; ++m) {
-    quantize_row_q8(x + m * K, K, xq + m * K, xd + m * nb, xs + m * nb);
-    if (xf)
-      for (int64_t k = 0; k < K; ++k) xf[m * K + k] = xd[m * nb + k / QB] * (float)xq[m * K + k];
-  }
+  for (int64_t m = 0; m < M; ++m)
+    quantize_row_q8(x + m * K, K, xq + m * K, xd + m * nb, xs + m * nb, xf ? xf + m * K : 0);
   int failed = 0;
 #ifdef _OPENMP
   omp_set_num_threads(nthreads);
