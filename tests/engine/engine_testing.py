@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import os
+
+import pytest
+import torch
+
 from tritium.engine import LLM
+from tritium.engine.layers.paged_attention_triton import HAS_TRITON
+
+#: Where the Triton kernels' tests run: on CUDA, or on CPU through Triton's interpreter
+#: (tests/conftest.py turns it on without CUDA).
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TRITON_INTERPRETED = TRITON_DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+needs_triton_kernels = pytest.mark.skipif(
+    not HAS_TRITON or (TRITON_DEVICE == "cpu" and not TRITON_INTERPRETED),
+    reason="needs Triton (on CPU, its interpreter)",
+)
 
 TINY = dict(
     hidden_size=64,

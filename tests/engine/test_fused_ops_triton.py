@@ -6,22 +6,17 @@ rounds to nearest: bf16 results are compared within a couple of bf16 steps."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
+from engine_testing import TRITON_DEVICE as DEVICE
+from engine_testing import needs_triton_kernels
 
 from tritium.engine.layers import fused_ops_triton as fo
 from tritium.engine.layers.norm import RMSNorm
-from tritium.engine.layers.paged_attention_triton import HAS_TRITON
 from tritium.engine.layers.rotary import RotaryEmbedding, apply_rope
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-pytestmark = pytest.mark.skipif(
-    not HAS_TRITON or (DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1"),
-    reason="needs Triton (on CPU, its interpreter)",
-)
+pytestmark = needs_triton_kernels
 
 
 def assert_close(out: torch.Tensor, ref: torch.Tensor, exact: torch.Tensor) -> None:
@@ -139,18 +134,6 @@ def test_qkv_rope_write_kv_matches_torch(dtype, heads, kv_heads, head_dim, qk_no
     untouched = torch.ones(num_blocks * block_size, dtype=torch.bool, device=DEVICE)
     untouched[slots[live]] = False
     assert not flat_k[untouched].any() and not flat_v[untouched].any()  # nothing else written
-
-
-def test_qkv_rope_without_a_cache_only_rotates():
-    t, heads, kv_heads, d = 3, 4, 2, 64
-    qkv = torch.randn(t, (heads + 2 * kv_heads) * d, generator=torch.Generator().manual_seed(3))
-    qkv = qkv.to(DEVICE)
-    rope = RotaryEmbedding(_Config(), d, 64).to(DEVICE)(torch.arange(t, device=DEVICE), qkv.dtype)
-    ref_q, ref_k, _ = _torch_qkv(qkv, heads, kv_heads, d, rope, None)
-    mine = qkv.clone()
-    fo.qkv_rope_write_kv(mine, heads, kv_heads, d, rope)
-    assert_close(mine[:, : heads * d].reshape(t, heads, d), ref_q, ref_q)
-    assert_close(mine[:, heads * d : (heads + kv_heads) * d].reshape(t, kv_heads, d), ref_k, ref_k)
 
 
 # ---- the Triton step end to end ------------------------------------------------------------

@@ -6,20 +6,16 @@ need CUDA."""
 from __future__ import annotations
 
 import json
-import os
 import random
 
 import pytest
 import torch
+from engine_testing import TRITON_DEVICE as DEVICE
+from engine_testing import TRITON_INTERPRETED as INTERPRETED
+from engine_testing import needs_triton_kernels
 
 from tritium.engine.layers import paged_attention_triton as pa
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-INTERPRETED = DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
-needs_kernels = pytest.mark.skipif(
-    not pa.HAS_TRITON or (DEVICE == "cpu" and not INTERPRETED),
-    reason="needs Triton (on CPU, its interpreter)",
-)
 # Cases the interpreter skips: it multiplies bf16 tiles as raw integers, and the largest
 # shapes take ~10 s each there. The GPU runs them all.
 on_gpu_only = pytest.mark.skipif(INTERPRETED, reason="bf16 or large: GPU only")
@@ -36,7 +32,7 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.double() - ref).norm() / ref.norm()).item()
 
 
-@needs_kernels
+@needs_triton_kernels
 @pytest.mark.parametrize("block_size", [8, pytest.param(16, marks=on_gpu_only), 32])
 @pytest.mark.parametrize(
     ("heads", "kv_heads", "head_dim"),
@@ -48,7 +44,7 @@ def test_decode_matches_reference(block_size, heads, kv_heads, head_dim, dtype, 
     _check_decode(block_size, heads, kv_heads, head_dim, dtype, splits, window=0)
 
 
-@needs_kernels
+@needs_triton_kernels
 @pytest.mark.parametrize("dtype", [BF16, torch.float32])
 @pytest.mark.parametrize("splits", [1, 3])
 def test_windowed_decode_matches_reference(dtype, splits):
@@ -75,7 +71,7 @@ def _check_decode(block_size, heads, kv_heads, head_dim, dtype, splits, window):
     assert torch.all(out[-1] == 0)  # a padded (empty) row reads nothing
 
 
-@needs_kernels
+@needs_triton_kernels
 @pytest.mark.parametrize("block_size", [16, 32])
 @pytest.mark.parametrize(
     ("heads", "kv_heads", "head_dim"), [(4, 2, 64), pytest.param(32, 8, 128, marks=on_gpu_only)]
@@ -85,7 +81,7 @@ def test_prefill_and_write_match_reference(block_size, heads, kv_heads, head_dim
     _check_prefill(block_size, heads, kv_heads, head_dim, dtype, window=0)
 
 
-@needs_kernels
+@needs_triton_kernels
 @pytest.mark.parametrize("dtype", [BF16, torch.float32])
 def test_windowed_prefill_matches_reference(dtype):
     """Chunks shorter and longer than the window, and one starting past it in the cache."""

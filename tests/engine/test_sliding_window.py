@@ -6,16 +6,14 @@ interpreter); a window wider than the context changes nothing."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from engine_testing import TINY, assert_pool_free
+from engine_testing import TINY, TRITON_DEVICE, assert_pool_free, needs_triton_kernels
 
 from tritium.engine import LLM, SamplingParams
-from tritium.engine.layers.paged_attention_triton import HAS_TRITON
 from tritium.engine.models.llama import layer_sliding_windows
 
 WINDOW = 8
@@ -194,10 +192,7 @@ def test_window_wider_than_the_context_changes_nothing(window_dirs):
     assert chunk.window_mask is None and chunk.mask is None
 
 
-@pytest.mark.skipif(
-    not HAS_TRITON or (not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"),
-    reason="needs Triton (on CPU, its interpreter)",
-)
+@needs_triton_kernels
 @pytest.mark.parametrize("family", ["mistral", "qwen2"])
 def test_triton_step_matches_transformers(window_dirs, hf_greedy, family):
     """The CUDA step's kernels apply the window themselves: batched prompts past it, with
@@ -205,7 +200,7 @@ def test_triton_step_matches_transformers(window_dirs, hf_greedy, family):
     the interpreter, eagerly; on a GPU with CUDA graphs)."""
     from tritium.engine.cuda_graphs import GpuExecutor
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = TRITON_DEVICE
     llm = LLM(
         str(window_dirs[family]), dtype="float32", device=device, block_size=4,
         max_num_batched_tokens=16, max_num_seqs=4,

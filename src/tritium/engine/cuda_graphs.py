@@ -42,7 +42,9 @@ class GpuExecutor:
         self.num_kv_heads = runner.num_kv_heads
         # CPU tensors: the tests run this step through Triton's interpreter (no graphs).
         on_cuda = self.device.type == "cuda"
-        self.num_sms = torch.cuda.get_device_properties(self.device).multi_processor_count if on_cuda else 1  # fmt: skip
+        self.num_sms = 1
+        if on_cuda:
+            self.num_sms = torch.cuda.get_device_properties(self.device).multi_processor_count
         self.max_num_seqs = max_num_seqs
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         fused_ops_triton.use_triton_ops(self.model)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tritium.engine.layers.paged_attention_triton import HAS_TRITON, _next_pow2
+from tritium.engine.layers.paged_attention_triton import HAS_TRITON
 
 if HAS_TRITON:
     import triton
@@ -35,15 +35,12 @@ HEADS_PER_PROGRAM = 4
 SILU_BLOCK = 1024
 
 
-def use_triton_ops(model: nn.Module) -> int:
+def use_triton_ops(model: nn.Module) -> None:
     """Switch `model`'s layers that have a fused kernel here to it (their `triton_ops`
-    flag); the executor of the Triton step does this once. Returns how many switched."""
-    switched = 0
+    flag); the executor of the Triton step does this once."""
     for module in model.modules():
         if hasattr(module, "triton_ops"):
             setattr(module, "triton_ops", True)  # noqa: B010 (a plain bool, not a submodule)
-            switched += 1
-    return switched
 
 
 if HAS_TRITON:
@@ -74,7 +71,6 @@ if HAS_TRITON:
         eps, qkv_stride, cos_stride, sin_stride,
         NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
         D_PAD: tl.constexpr, HEADS: tl.constexpr, QK_NORM: tl.constexpr,
-        WRITE_KV: tl.constexpr,
     ):  # fmt: skip
         # A program owns HEADS consecutive head rows of one token's packed [q | k | v] row.
         t = tl.program_id(0).to(tl.int64)
@@ -113,15 +109,14 @@ if HAS_TRITON:
         roped = (a + b).to(x.dtype)
         x = tl.where(is_qk[:, None], roped, x)
         tl.store(row + d[None, :], x, mask=m & is_qk[:, None])
-        if WRITE_KV:
-            slot = tl.load(slot_ptr + t).to(tl.int64)
-            kv_head = tl.where(is_k, j - NUM_HEADS, j - NUM_HEADS - NUM_KV_HEADS)
-            dst = slot * (NUM_KV_HEADS * HEAD_DIM) + kv_head[:, None] * HEAD_DIM + d[None, :]
-            # slot -1: a padded row of a CUDA-graph batch. (The slot is widened to a vector
-            # first: the interpreter rejects a mask made from a scalar comparison.)
-            live = m & ((slot + tl.zeros_like(j)) >= 0)[:, None]
-            tl.store(kc_ptr + dst, x, mask=live & is_k[:, None])
-            tl.store(vc_ptr + dst, x, mask=live & (j >= NUM_HEADS + NUM_KV_HEADS)[:, None])
+        slot = tl.load(slot_ptr + t).to(tl.int64)
+        kv_head = tl.where(is_k, j - NUM_HEADS, j - NUM_HEADS - NUM_KV_HEADS)
+        dst = slot * (NUM_KV_HEADS * HEAD_DIM) + kv_head[:, None] * HEAD_DIM + d[None, :]
+        # slot -1: a padded row of a CUDA-graph batch. (The slot is widened to a vector
+        # first: the interpreter rejects a mask made from a scalar comparison.)
+        live = m & ((slot + tl.zeros_like(j)) >= 0)[:, None]
+        tl.store(kc_ptr + dst, x, mask=live & is_k[:, None])
+        tl.store(vc_ptr + dst, x, mask=live & (j >= NUM_HEADS + NUM_KV_HEADS)[:, None])
 
     @triton.jit
     def _silu_mul_kernel(
@@ -148,7 +143,7 @@ def add_rms_norm(
     out = torch.empty(t, n, dtype=x.dtype, device=x.device)
     if t:
         res = x if residual is None else residual
-        block = _next_pow2(n)
+        block = triton.next_power_of_2(n)
         _add_rms_norm_kernel[(t,)](
             x, res, weight, out, n, eps, x.stride(0), res.stride(0), out.stride(0),
             HAS_RESIDUAL=residual is not None, BLOCK=block,
@@ -163,32 +158,27 @@ def qkv_rope_write_kv(
     num_kv_heads: int,
     head_dim: int,
     rope: tuple[torch.Tensor, torch.Tensor],
-    k_cache: torch.Tensor | None = None,
-    v_cache: torch.Tensor | None = None,
-    slot_mapping: torch.Tensor | None = None,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
     qk_norm: tuple[torch.Tensor, torch.Tensor, float] | None = None,
 ) -> None:
     """In place over the packed rows qkv [T, (H + 2 KVH) * D]: optional per-head q/k
     RMSNorm (`qk_norm` = (q weight, k weight, eps)), then RoPE on q and k with the step's
-    (cos, signed sin) rows [T, 1, D] from `RotaryEmbedding`; with caches, k and v are also
-    stored at `slot_mapping` (slot -1 skips the row) in [NB, BS, KVH, D] pools."""
+    (cos, signed sin) rows [T, 1, D] from `RotaryEmbedding`; k and v are also stored at
+    `slot_mapping` (slot -1 skips the row) in the [NB, BS, KVH, D] pools."""
     t = qkv.shape[0]
     if t == 0:
         return
     cos, sin = rope
-    write = k_cache is not None
-    if write:
-        assert v_cache is not None and slot_mapping is not None
     heads = num_heads + 2 * num_kv_heads
-    qn, kn, eps = qk_norm if qk_norm is not None else (qkv, qkv, 0.0)
+    qn, kn, eps = qk_norm if qk_norm is not None else (qkv, qkv, 0.0)  # unused without norms
     _qkv_rope_write_kv_kernel[(t, triton.cdiv(heads, HEADS_PER_PROGRAM))](
-        qkv, cos, sin, qn, kn,
-        k_cache if write else qkv, v_cache if write else qkv,
-        slot_mapping if write else qkv,
+        qkv, cos, sin, qn, kn, k_cache, v_cache, slot_mapping,
         eps, qkv.stride(0), cos.stride(0), sin.stride(0),
         NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim,
-        D_PAD=_next_pow2(head_dim), HEADS=HEADS_PER_PROGRAM, QK_NORM=qk_norm is not None,
-        WRITE_KV=write, num_warps=4,
+        D_PAD=triton.next_power_of_2(head_dim), HEADS=HEADS_PER_PROGRAM,
+        QK_NORM=qk_norm is not None, num_warps=4,
     )  # fmt: skip
 
 

@@ -75,10 +75,6 @@ def num_decode_splits(batch: int, num_kv_heads: int, max_context: int, num_sms: 
     return max(1, min(want, MAX_SPLITS, tiles))
 
 
-def _next_pow2(x: int) -> int:
-    return 1 << max(0, x - 1).bit_length()
-
-
 if HAS_TRITON:
 
     @triton.jit
@@ -275,7 +271,7 @@ def write_kv(
     row = kvh * d
     _write_kv_kernel[(t,)](
         k, v, k_cache, v_cache, slot_mapping, k.stride(0), v.stride(0),
-        ROW=row, BLOCK=_next_pow2(row),
+        ROW=row, BLOCK=triton.next_power_of_2(row),
     )  # fmt: skip
 
 
@@ -299,10 +295,10 @@ def paged_decode(
         out = torch.empty_like(q)
     if b == 0:
         return out
-    d_pad = max(16, _next_pow2(d))
+    d_pad = max(16, triton.next_power_of_2(d))
     ieee = q.dtype == torch.float32
     common = dict(
-        GROUP=group, GROUP_PAD=max(16, _next_pow2(group)), HEAD_DIM=d, D_PAD=d_pad,
+        GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=d, D_PAD=d_pad,
         BLOCK_SIZE=block_size, BLOCK_N=DECODE_BLOCK_N, NUM_SPLITS=num_splits,
         NUM_HEADS=h, IEEE=ieee, WINDOW=window,
     )  # fmt: skip
@@ -320,8 +316,8 @@ def paged_decode(
     if num_splits > 1:
         _decode_reduce_kernel[(b, h)](
             part_o, part_lse, out, out.stride(0), out.stride(1),
-            HEAD_DIM=d, D_PAD=_next_pow2(d), NUM_SPLITS=num_splits,
-            S_PAD=max(2, _next_pow2(num_splits)), NUM_HEADS=h, num_warps=2,
+            HEAD_DIM=d, D_PAD=triton.next_power_of_2(d), NUM_SPLITS=num_splits,
+            S_PAD=max(2, triton.next_power_of_2(num_splits)), NUM_HEADS=h, num_warps=2,
         )  # fmt: skip
     return out
 
@@ -349,7 +345,7 @@ def paged_prefill(
         meta.prefill_context_len, bt, meta.prefill_tile_chunk, meta.prefill_tile_m0,
         scale * _LOG2E, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         bt.stride(0), k_cache.stride(0), k_cache.stride(1),
-        GROUP=h // kvh, HEAD_DIM=d, D_PAD=max(16, _next_pow2(d)), BLOCK_SIZE=block_size,
+        GROUP=h // kvh, HEAD_DIM=d, D_PAD=max(16, triton.next_power_of_2(d)), BLOCK_SIZE=block_size,
         BLOCK_M=PREFILL_BLOCK_M, BLOCK_N=PREFILL_BLOCK_N, IEEE=q.dtype == torch.float32,
         WINDOW=window, num_warps=4,
     )  # fmt: skip
