@@ -197,7 +197,14 @@ def test_attention_layer_same_with_and_without_the_ops(monkeypatch: pytest.Monke
 
 @pytest.mark.parametrize(
     ("family", "quantization", "window"),
-    [("llama", "int8", None), ("qwen2", "q4", None), ("qwen3", "q4", None), ("mistral", "q4", 8)],
+    [
+        ("llama", "int8", None),
+        ("qwen2", "q4", None),
+        ("qwen3", "q4", None),
+        ("mistral", "q4", 8),
+        ("qwen2", "bf16", None),
+        ("llama", "fp16", None),
+    ],
 )
 def test_fused_decode_layers_equal_the_layer_by_layer_path(
     tiny_model_dirs, tmp_path, monkeypatch, family, quantization, window

@@ -1,11 +1,13 @@
-"""Weight-only quantization on CPU: the C kernels (int8, q4), the quantized Linear, and the
-engine choosing a format from the checkpoint."""
+"""CPU weight formats: the C kernels (int8, q4, and bf16/fp16 widened to fp32), the compact
+Linear, and the engine choosing a format from the checkpoint."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,7 +24,7 @@ pytestmark = pytest.mark.skipif(
     not quant_kernel.is_available(), reason="the quantized kernels need a C compiler"
 )
 
-FORMATS = ["int8", "q4"]
+FORMATS = ["int8", "q4", "bf16", "fp16"]
 
 
 @pytest.mark.parametrize("method", FORMATS)
@@ -31,8 +33,8 @@ FORMATS = ["int8", "q4"]
 def test_linear_equals_fp32_math_on_the_dequantized_weight(
     method: str, rows: int, bias: bool
 ) -> None:
-    """int8: fp32 inputs; q4: inputs rounded to 8 bits per block of 32 (llama.cpp's rule),
-    on the one-row integer path, the several-row fp32 path and the >64-row matmul alike."""
+    """int8, bf16, fp16: fp32 inputs; q4: inputs rounded to 8 bits per block of 32
+    (llama.cpp's rule); on the one-row path, the several-row path and the >64-row matmul."""
     torch.manual_seed(rows)
     # 37 rows: a partial tile of the kernels' 4; K = 160: five q4 blocks, K % 16 != 0.
     layer = Linear(160, 37, bias=bias)
@@ -75,9 +77,21 @@ def test_linear_keeps_input_dtype_and_leading_dims(method: str) -> None:
     x = torch.randn(2, 3, 64, dtype=torch.bfloat16)
     out = layer(x)
     assert out.shape == (2, 3, 24) and out.dtype == torch.bfloat16
-    seen = x.float() if method == "int8" else quant_kernel.quantize_activations_q8(x.float())
+    seen = quant_kernel.quantize_activations_q8(x.float()) if method == "q4" else x.float()
     expected = seen @ layer.dequantized_weight().T
     torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize(("method", "dtype"), [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_16_bit_formats_keep_16_bit_weights_exactly(method: str, dtype: torch.dtype) -> None:
+    layer = Linear(64, 24)
+    with torch.no_grad():
+        layer.weight.copy_(layer.weight.to(dtype))  # a checkpoint stored in 16 bits
+    stored = layer.weight.detach().clone()
+    layer.quantize(method)
+    assert layer.qweight is not None and layer.qweight.dtype == dtype and layer.wscale is None
+    assert layer.qweight.untyped_storage().nbytes() == 2 * stored.numel()
+    assert torch.equal(layer.dequantized_weight(), stored)
 
 
 def test_int8_weight_is_within_half_a_step() -> None:
@@ -110,6 +124,8 @@ def test_quantize_rejects_what_the_kernels_cannot_run() -> None:
         Linear(12, 4).quantize("int8")
     with pytest.raises(ValueError, match="in_features % 32"):
         Linear(40, 4).quantize("q4")
+    with pytest.raises(ValueError, match="in_features % 8"):
+        Linear(12, 4).quantize("bf16")
     with pytest.raises(ValueError, match="unknown weight format"):
         Linear(32, 4).quantize("q3")
 
@@ -131,11 +147,37 @@ def test_layers_take_their_sources_format_and_fall_back_by_width() -> None:
     )  # fmt: skip
     assert counts == {"q4": 1, "int8": 2}
 
+    class Packed(torch.nn.Module):  # layers fed by two checkpoint tensors each
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c, self.d, self.e = (
+                Linear(64, 8), Linear(64, 8), Linear(64, 8), Linear(64, 8), Linear(12, 8)
+            )  # fmt: skip
+
+        def checkpoint_names(self, name: str) -> list[str]:
+            return [f"{name}.x.weight", f"{name}.y.weight"]
+
+    packed = Packed()
+    sources = {
+        "a": ("bf16", "bf16"), "b": ("q4", "int8"), "c": ("bf16", "fp16"), "d": ("bf16", None),
+        "e": ("fp16", "fp16"),
+    }  # fmt: skip
+    formats = {
+        f"{layer}.{part}.weight": fmt
+        for layer, pair in sources.items()
+        for part, fmt in zip("xy", pair, strict=True)
+        if fmt is not None
+    }
+    quantize_linears(packed, formats)
+    # bf16 pairs stay bf16; q4 with int8 takes int8; 16-bit floats that differ, or a float
+    # source, stay float (lossless); e is 12 wide, which the 16-bit kernels cannot tile
+    assert [getattr(packed, n).quant for n in "abcde"] == ["bf16", "int8", None, None, None]
+
 
 @pytest.mark.parametrize("method", FORMATS)
 def test_quantized_engine_matches_transformers_on_the_same_weights(smollm2_dir, method) -> None:
-    """int8 is exact: transformers given the dequantized weights (fp32) produces the same
-    greedy tokens. q4 rounds every linear layer's inputs to 8 bits, which turns float noise
+    """int8, bf16 and fp16 are exact: transformers given the dequantized weights (fp32)
+    produces the same greedy tokens. q4 rounds every linear layer's inputs to 8 bits, which turns float noise
     into whole rounding steps (the reference itself moves up to ~1.7 logits between fp32 and
     fp64), so no two implementations agree to the token for long; instead, at every step
     of our output the reference, with the same rounding and fed the same prefix, ranks our
@@ -179,7 +221,7 @@ def test_quantized_engine_matches_transformers_on_the_same_weights(smollm2_dir, 
             )
     for prompt, out in zip(PROMPTS, outs, strict=True):
         ids, ours_ids = tok.encode(prompt), list(out.outputs[0].token_ids)
-        if method == "int8":
+        if method != "q4":  # fp32 math on the same weights
             assert ours_ids == hf_greedy(model, ids, NEW_TOKENS)
             continue
         with torch.inference_mode():
@@ -200,12 +242,14 @@ def test_a_quantized_gguf_runs_quantized_on_cpu_unless_told_otherwise(smollm2_di
     assert formats["model.embed_tokens.weight"] == "int8"
     assert resolve_quantization(EngineArgs(model="smollm2", quantization="none"), gguf_ckpt) is None
     folder_ckpt = load_checkpoint(str(smollm2_dir), dtype=torch.float32, progress=False)
-    assert resolve_quantization(EngineArgs(model=str(smollm2_dir)), folder_ckpt) is None
+    # the converted folder stores bf16, which fp32 math keeps (test_a_16_bit_checkpoint_...)
+    folder_formats = resolve_quantization(EngineArgs(model=str(smollm2_dir)), folder_ckpt)
+    assert isinstance(folder_formats, dict) and set(folder_formats.values()) == {"bf16"}
     for method in FORMATS:
         args = EngineArgs(model=str(smollm2_dir), quantization=method)
         assert resolve_quantization(args, folder_ckpt) == method
         cuda = EngineArgs(model="smollm2", quantization=method, device="cuda")
-        with pytest.raises(ValueError, match="CPU quantized format"):
+        with pytest.raises(ValueError, match="CPU weight format"):
             resolve_quantization(cuda, gguf_ckpt)
 
 
@@ -267,3 +311,92 @@ def test_a_quantized_model_computes_in_fp32_on_a_cpu_with_native_bf16(monkeypatc
     assert engine_dtype(args) == torch.bfloat16
     out = llm.generate(["The capital of France is"], SamplingParams(temperature=0, max_tokens=4))
     assert len(out[0].outputs[0].token_ids) == 4
+
+
+@pytest.fixture(scope="module")
+def half_dirs(tiny_model_dirs, tmp_path_factory) -> dict[str, Path]:
+    """The tiny llama (tied embeddings) saved as bf16 and as fp16 safetensors."""
+    from transformers import AutoModelForCausalLM
+
+    dirs = {}
+    for method, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        src = tiny_model_dirs["llama"]
+        out = tmp_path_factory.mktemp(f"tiny-llama-{method}")
+        AutoModelForCausalLM.from_pretrained(src, dtype=dtype).save_pretrained(out)
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(src / name, out / name)
+        dirs[method] = out
+    return dirs
+
+
+@pytest.mark.parametrize(("method", "dtype"), [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_a_16_bit_checkpoint_keeps_its_weights_under_fp32_math(half_dirs, method, dtype) -> None:
+    """fp32 compute (dtype 'auto' on a CPU without native bf16) keeps a bf16 or fp16
+    checkpoint's linear weights as stored: same values, half the bytes of fp32, the decode
+    steps in the one-call C layer, and the tokens of the same weights held in fp32."""
+    from safetensors.torch import load_file
+
+    from tritium.engine.models.llama import LlamaModel
+
+    folder = half_dirs[method]
+    llm = LLM(str(folder), dtype="float32")
+    runner = llm.engine_core.runner
+    assert runner.dtype == torch.float32
+    assert runner.quantization == f"{method} x{4 * 2 + 1}"  # 2 layers' 4 linears + lm_head
+    stored = load_file(folder / "model.safetensors")
+    layers = dict(runner.model.named_modules())
+    qkv = layers["model.layers.1.self_attn.qkv_proj"]
+    q = stored["model.layers.1.self_attn.q_proj.weight"]
+    assert q.dtype == dtype and qkv.qweight.dtype == dtype
+    assert torch.equal(qkv.qweight[: q.shape[0]], q)
+    down = layers["model.layers.0.mlp.down_proj"]
+    assert torch.equal(down.qweight, stored["model.layers.0.mlp.down_proj.weight"])
+    assert torch.equal(layers["lm_head"].qweight, stored["model.embed_tokens.weight"])
+
+    prompts = [{"prompt_token_ids": list(range(100, 100 + n))} for n in (9, 4)]
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    ours = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    assert_pool_free(llm)
+    model = runner.model.model
+    assert isinstance(model, LlamaModel) and model._decode_layers  # the one-call layer ran
+    plain = LLM(str(folder), dtype="float32", quantization="none")
+    assert plain.engine_core.runner.quantization is None
+    assert [o.outputs[0].token_ids for o in plain.generate(prompts, params, use_tqdm=False)] == ours
+
+
+def test_16_bit_weights_stay_16_bit_only_under_fp32_math(half_dirs, monkeypatch) -> None:
+    from tritium.engine import config
+
+    folder = str(half_dirs["bf16"])
+    ckpt = load_checkpoint(folder, dtype=torch.float32, progress=False)
+    formats = resolve_quantization(EngineArgs(model=folder, device="cpu"), ckpt)
+    assert isinstance(formats, dict) and set(formats.values()) == {"bf16"}
+    assert "model.layers.0.mlp.gate_proj.weight" in formats
+    none = EngineArgs(model=folder, device="cpu", quantization="none")
+    assert resolve_quantization(none, ckpt) is None
+    # A CPU with native bf16 computes a bf16 checkpoint in bf16 itself.
+    monkeypatch.setattr(config, "cpu_has_bf16", lambda: True)
+    args = EngineArgs(model=folder, device="cpu")
+    assert engine_dtype(args) == torch.bfloat16
+    bf16 = load_checkpoint(folder, dtype=torch.bfloat16, progress=False)
+    assert resolve_quantization(args, bf16) is None
+
+
+@pytest.mark.parametrize("method", ["bf16", "fp16"])
+def test_a_16_bit_gguf_keeps_its_weights_under_fp32_math(tmp_path, monkeypatch, method) -> None:
+    from test_loader_gguf import Q, tiny_config, tiny_model, write_gguf
+
+    monkeypatch.setenv("TRITIUM_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / f"tiny-{method}.gguf"
+    model = tiny_model(tiny_config("llama"))
+    write_gguf(path, "llama", model, Q.BF16 if method == "bf16" else Q.F16)
+    ckpt = load_checkpoint(str(path), dtype=torch.float32, progress=False)
+    formats = gguf.half_weight_formats(path)
+    assert formats["model.layers.0.self_attn.q_proj.weight"] == method
+    assert formats["lm_head.weight"] == method  # untied: llama.cpp's "output"
+    assert resolve_quantization(EngineArgs(model=str(path), device="cpu"), ckpt) == formats
+    llm = LLM(str(path), dtype="float32")
+    assert llm.engine_core.runner.quantization == f"{method} x{4 * 2 + 1}"
+    out = llm.generate(["hello world"], SamplingParams(temperature=0, max_tokens=5))
+    assert len(out[0].outputs[0].token_ids) == 5
+    assert_pool_free(llm)

@@ -9,6 +9,10 @@ from typing import Any
 
 import torch
 
+#: `quantization` values that pick a CPU weight format (layers.linear.QUANT_METHODS): int8
+#: rows, 4-bit blocks, or 16-bit floats widened to fp32 in the kernels.
+CPU_WEIGHT_FORMATS = ("q4", "int8", "bf16", "fp16")
+
 _DTYPES = {
     "bfloat16": torch.bfloat16,
     "bf16": torch.bfloat16,
@@ -61,8 +65,9 @@ class EngineArgs:
     kv_cache_memory_bytes: int | None = None  # CPU pool size; default min(2 GiB, 10% RAM)
     num_gpu_blocks_override: int | None = None  # tests: force a tiny pool
     load_format: str = "auto"  # auto | safetensors | pt | gguf | dummy
-    # None: follow the checkpoint (a quantized GGUF keeps its 4-bit / 8-bit weights on CPU);
-    # "q4" / "int8": that weight-only format on CPU for any checkpoint; "none": dequantize.
+    # None: follow the checkpoint on CPU (a quantized GGUF keeps its 4-bit / 8-bit weights,
+    # 16-bit float weights stay 16-bit under fp32 math); one of CPU_WEIGHT_FORMATS: that
+    # format for every weight; "none": every weight in `dtype`.
     quantization: str | None = None
     trust_remote_code: bool = False  # accepted for vLLM compatibility, ignored
     disable_log_stats: bool = True
@@ -78,10 +83,11 @@ class EngineArgs:
             raise ValueError(
                 f"load_format must be auto, safetensors, pt, gguf or dummy; got {self.load_format!r}"
             )
-        if self.quantization not in (None, "int8", "q4", "none"):
+        if self.quantization not in (None, *CPU_WEIGHT_FORMATS, "none"):
             raise ValueError(
                 f"quantization={self.quantization!r} is not supported: leave it unset "
-                "(follow the checkpoint), or use 'q4' or 'int8' (CPU quantized formats) or 'none'"
+                "(follow the checkpoint), or use 'q4', 'int8', 'bf16' or 'fp16' (CPU weight "
+                "formats) or 'none'"
             )
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size must be a power of two; got {self.block_size}")

@@ -9,9 +9,9 @@ import logging
 import torch
 
 from tritium.engine.block_manager import BlockManager
-from tritium.engine.config import EngineArgs
+from tritium.engine.config import CPU_WEIGHT_FORMATS, EngineArgs
 from tritium.engine.layers import quant_kernel
-from tritium.engine.loader import Checkpoint, gguf, gguf_source, load_checkpoint
+from tritium.engine.loader import Checkpoint, gguf, gguf_source, hf_folder, load_checkpoint
 from tritium.engine.messages import (
     EngineCoreInfo,
     EngineCoreOutput,
@@ -30,9 +30,9 @@ log = logging.getLogger("tritium.engine")
 
 def engine_dtype(args: EngineArgs) -> torch.dtype:
     """The dtype the engine computes in: `args`' own, except that 'auto' is fp32 for a model
-    that runs quantized on CPU. On a CPU with native bf16 'auto' means bf16, which would pass
-    the weights through bf16 on their way to the kernels (moving a Q4_1 file's blocks, and
-    converting a GGUF file twice), while the kernels compute in fp32 anyway."""
+    that runs in a CPU weight format. On a CPU with native bf16 'auto' means bf16, which
+    would pass the weights through bf16 on their way to the kernels (moving a Q4_1 file's
+    blocks, and converting a GGUF file twice), while the kernels compute in fp32 anyway."""
     dtype = args.resolved_dtype()
     if (
         args.dtype != "auto"
@@ -41,7 +41,7 @@ def engine_dtype(args: EngineArgs) -> torch.dtype:
         or args.load_format == "dummy"
     ):
         return dtype
-    if args.quantization in ("int8", "q4"):
+    if args.quantization in CPU_WEIGHT_FORMATS:
         return torch.float32
     if args.quantization is None:
         source = gguf_source(args.model, args.revision)
@@ -64,26 +64,37 @@ def load_engine_checkpoint(args: EngineArgs, progress: bool = True) -> Checkpoin
 
 
 def resolve_quantization(args: EngineArgs, ckpt: Checkpoint) -> str | dict[str, str] | None:
-    """The weight format the model runs in: one format for every layer ("q4", "int8"), a
-    format per checkpoint weight name, or None (every weight in ``args.dtype``).
+    """The weight format the model runs in: one format for every layer ("q4", "int8",
+    "bf16", "fp16"), a format per checkpoint weight name, or None (every weight in
+    ``args.dtype``).
 
-    Unset follows the checkpoint, as vLLM does: on CPU the weights a GGUF file stores
-    quantized run quantized (float ones stay float) when our kernels build here, and are
-    dequantized otherwise: 4-bit types as "q4" (the blocks kept exactly, inputs quantized
-    to 8 bits per block as llama.cpp does), wider types as "int8" (inputs stay fp32).
+    Unset follows the checkpoint on CPU, when our kernels build here (dequantized
+    otherwise). A GGUF file's quantized weights run quantized, as vLLM does: 4-bit types
+    as "q4" (the blocks kept exactly, inputs quantized to 8 bits per block as llama.cpp
+    does), wider types as "int8" (inputs stay fp32). When the model computes in fp32,
+    weights stored as bf16 or fp16 stay so: the kernels widen them exactly, so the math is
+    fp32's on the same values, reading half the bytes.
     """
     on_cpu = args.resolved_device().type == "cpu"
-    if args.quantization in ("int8", "q4"):
+    if args.quantization in CPU_WEIGHT_FORMATS:
         if not on_cpu:
             raise ValueError(
-                f"quantization={args.quantization!r} is a CPU quantized format; use bf16 on CUDA"
+                f"quantization={args.quantization!r} is a CPU weight format; on CUDA the "
+                "weights run in dtype (bf16 by default)"
             )
         quant_kernel.ensure_available()
         return args.quantization
-    if args.quantization is not None or not on_cpu or ckpt.gguf_file is None:
+    if args.quantization is not None or not on_cpu or not quant_kernel.is_available():
         return None
-    formats = gguf.quantized_weight_formats(ckpt.gguf_file)
-    return formats if formats and quant_kernel.is_available() else None
+    formats: dict[str, str] = {}
+    if ckpt.dtype == torch.float32:
+        if ckpt.gguf_file is not None:
+            formats = gguf.half_weight_formats(ckpt.gguf_file)
+        else:
+            formats = hf_folder.half_weight_formats(ckpt.weight_files, ckpt.load_format)
+    if ckpt.gguf_file is not None:
+        formats |= gguf.quantized_weight_formats(ckpt.gguf_file)
+    return formats or None
 
 
 class EngineCore:

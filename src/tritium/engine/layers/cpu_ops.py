@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from tritium.engine.layers import native
+from tritium.engine.layers.linear import HALF_FORMATS
 
 if TYPE_CHECKING:
     from tritium.engine.layers.attention import Attention, AttentionMetadata
@@ -165,10 +166,10 @@ def can_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> b
 
 
 class LinearParams(ctypes.Structure):
-    """csrc/cpu_ops.c's TritiumLinear: a quantized Linear's buffers."""
+    """csrc/cpu_ops.c's TritiumLinear: a compact Linear's buffers."""
 
     _fields_ = [
-        ("kind", ctypes.c_int64),  # 1: int8, 2: q4
+        ("kind", ctypes.c_int64),  # _KINDS
         ("in_features", ctypes.c_int64),
         ("out_features", ctypes.c_int64),
         ("codes", ctypes.c_void_p),
@@ -200,19 +201,22 @@ class LayerParams(ctypes.Structure):
     ]
 
 
-_KINDS = {"int8": 1, "q4": 2}
+_KINDS = {"int8": 1, "q4": 2, "bf16": 3, "fp16": 4}
 
 
 def linear_params(layer: Linear) -> LinearParams | None:
-    """The C view of a quantized Linear; None when it is not quantized."""
-    if layer.quant not in _KINDS or layer.qweight is None or layer.wscale is None:
+    """The C view of a compact Linear; None when its weight is a plain tensor."""
+    if layer.quant not in _KINDS or layer.qweight is None:
+        return None
+    scales = layer.wscale
+    if scales is None and layer.quant not in HALF_FORMATS:
         return None
     bias = layer.bias
     if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()):
         return None
     return LinearParams(
         _KINDS[layer.quant], layer.in_features, layer.out_features, layer.qweight.data_ptr(),
-        layer.wscale.data_ptr(), None if bias is None else bias.data_ptr(),
+        None if scales is None else scales.data_ptr(), None if bias is None else bias.data_ptr(),
     )  # fmt: skip
 
 

@@ -1,5 +1,5 @@
-"""Linear layers: nn.Linear, with oneDNN's matmul on CPU in float32 and optional weight-only
-quantization on CPU (int8, or 4-bit in blocks of 32).
+"""Linear layers: nn.Linear, with oneDNN's matmul on CPU in float32 and compact weight
+formats on CPU (int8, 4-bit in blocks of 32, or 16-bit floats computed in fp32).
 
 On CPU, for the few-row inputs of decode steps (1 to a few dozen rows against a weight
 read from memory), oneDNN's inner-product primitive runs about a third faster than the
@@ -8,8 +8,9 @@ and names as nn.Linear, so loading and other devices are unchanged.
 
 `quantize()` swaps the weight for int8 rows with per-row scales (a quarter of the bytes)
 or 4-bit blocks (an eighth, plus a scale and minimum per 32 values, with inputs rounded to
-8 bits per block of 32, as llama.cpp does); decode-sized inputs then run our kernels
-(quant_kernel.py), which stream the quantized weight once per step.
+8 bits per block of 32, as llama.cpp does), or keeps them as bf16/fp16 (half the bytes,
+exact for a checkpoint stored so: widening to fp32 is exact); decode-sized inputs then run
+our kernels (quant_kernel.py), which stream the compact weight once per step.
 Large inputs (prefill chunks) are compute-bound instead, so they widen the weight back to
 fp32 and use the regular matmul.
 """
@@ -32,14 +33,17 @@ _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_l
 QUANT_KERNEL_MAX_ROWS = 64
 
 #: Weight formats `Linear.quantize` accepts, with the in_features multiple each needs.
-QUANT_METHODS = {"int8": 8, "q4": qk.Q4_BLOCK}
+QUANT_METHODS = {"int8": 8, "q4": qk.Q4_BLOCK, "bf16": 8, "fp16": 8}
+
+#: The 16-bit float formats: the weight kept in this dtype, no scales.
+HALF_FORMATS = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Linear(nn.Linear):
-    """nn.Linear whose CPU float32 forward goes through oneDNN, optionally weight-only
-    quantized (`quant` is then "int8" or "q4", and `weight` is None)."""
+    """nn.Linear whose CPU float32 forward goes through oneDNN, optionally with a compact
+    weight (`quant` is then a QUANT_METHODS key, and `weight` is None)."""
 
-    qweight: torch.Tensor | None  # int8 [N, K], or q4 codes [N, K / 2] uint8
+    qweight: torch.Tensor | None  # int8 [N, K], q4 codes [N, K / 2] uint8, bf16/fp16 [N, K]
     wscale: torch.Tensor | None  # int8: [N] fp32 scales; q4: [N, K / 32, 2] fp16 (d, m)
 
     def __init__(self, *args, **kwargs) -> None:
@@ -50,7 +54,7 @@ class Linear(nn.Linear):
 
     def quantize(self, method: str) -> None:
         """Replace the weight by `method`'s format (CPU only). A tied weight stays with
-        its other owner (the embedding) and this layer keeps its own quantized copy."""
+        its other owner (the embedding) and this layer keeps its own compact copy."""
         if method not in QUANT_METHODS:
             raise ValueError(f"unknown weight format {method!r}; known: {sorted(QUANT_METHODS)}")
         if self.weight.device.type != "cpu":
@@ -62,24 +66,34 @@ class Linear(nn.Linear):
             )
         if method == "int8":
             self.qweight, self.wscale = qk.quantize_weight_int8(self.weight)
-        else:
+        elif method == "q4":
             self.qweight, self.wscale = qk.quantize_weight_q4(self.weight)
+        else:
+            self.qweight = self.weight.detach().to(HALF_FORMATS[method]).contiguous()
         self.quant = method
         self.register_parameter("weight", None)
         if self.bias is not None:
             self.bias.data = self.bias.data.float().contiguous()
 
     def dequantized_weight(self) -> torch.Tensor:
-        """The fp32 weight the quantized format encodes."""
-        assert self.qweight is not None and self.wscale is not None
+        """The fp32 weight the compact format encodes."""
+        assert self.qweight is not None
+        if self.quant in HALF_FORMATS:
+            return self.qweight.float()
+        assert self.wscale is not None
         if self.quant == "int8":
             return self.qweight.float() * self.wscale[:, None]
         return qk.dequantize_q4(self.qweight, self.wscale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.quant is not None:
-            assert self.qweight is not None and self.wscale is not None
+            assert self.qweight is not None
             if x.numel() // self.in_features <= QUANT_KERNEL_MAX_ROWS:
+                if self.quant == "bf16":
+                    return qk.bf16_linear(x, self.qweight, self.bias)
+                if self.quant == "fp16":
+                    return qk.fp16_linear(x, self.qweight, self.bias)
+                assert self.wscale is not None
                 kernel = qk.int8_linear if self.quant == "int8" else qk.q4_linear
                 return kernel(x, self.qweight, self.wscale, self.bias)
             w = self.dequantized_weight().to(x.dtype)
@@ -100,9 +114,10 @@ def quantize_linears(model: nn.Module, formats: str | Mapping[str, str]) -> Coun
     """Quantize the Linear layers of `model`; returns how many took each format.
 
     `formats` is one format for every layer, or a format per checkpoint weight name: a
-    layer fed by several checkpoint tensors (packed q/k/v, gate/up) takes the widest of
-    theirs, and one with a float source stays unquantized. A layer whose width the format
-    cannot tile falls back to int8, then to float.
+    layer fed by several checkpoint tensors (packed q/k/v, gate/up) takes their format
+    when they agree, the widest of int8 and q4 when those mix, and stays float otherwise
+    (one source without a format, or 16-bit floats that differ). A layer whose width the
+    format cannot tile falls back to float (q4: to int8 first).
     """
     names = getattr(model, "checkpoint_names", None)
     counts: Counter[str] = Counter()
@@ -112,13 +127,20 @@ def quantize_linears(model: nn.Module, formats: str | Mapping[str, str]) -> Coun
         if isinstance(formats, str):
             fmt: str | None = formats
         else:
-            sources = [formats.get(n) for n in (names(name) if names else [f"{name}.weight"])]
-            fmt = None if None in sources else ("int8" if "int8" in sources else "q4")
+            sources = {formats.get(n) for n in (names(name) if names else [f"{name}.weight"])}
+            fmt = _shared_format(sources)
         if fmt == "q4" and layer.in_features % QUANT_METHODS["q4"]:
             fmt = "int8"
-        if fmt == "int8" and layer.in_features % QUANT_METHODS["int8"]:
+        if fmt is not None and layer.in_features % QUANT_METHODS[fmt]:
             fmt = None
         if fmt is not None:
             layer.quantize(fmt)
             counts[fmt] += 1
     return counts
+
+
+def _shared_format(sources: set[str | None]) -> str | None:
+    """The one format a packed layer's checkpoint tensors can share (quantize_linears)."""
+    if len(sources) == 1:
+        return next(iter(sources))
+    return "int8" if sources <= {"int8", "q4"} else None

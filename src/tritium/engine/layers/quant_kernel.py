@@ -1,5 +1,5 @@
-"""The CPU quantized matmuls (csrc/quant_linear.c: int8 and 4-bit, built by
-native.py) and the functions that quantize weights for them."""
+"""The CPU matmuls for compact weights (csrc/quant_linear.c, built by native.py: int8,
+4-bit, and 16-bit floats widened to fp32) and the functions that quantize weights for them."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from tritium.engine.layers.native import KernelUnavailable, ensure_available, is
 
 __all__ = [
     "KernelUnavailable",
+    "bf16_linear",
     "dequantize_q4",
     "ensure_available",
+    "fp16_linear",
     "int8_linear",
     "is_available",
     "q4_linear",
@@ -75,7 +77,7 @@ def _call(
     fn: Callable[..., int],
     x: torch.Tensor,
     codes: torch.Tensor,
-    scales: torch.Tensor,
+    scales: torch.Tensor | None,
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
     # Decode steps make ~120 of these calls; skip conversions that are no-ops.
@@ -85,9 +87,10 @@ def _call(
     m, k = x2.shape
     n = codes.shape[0]
     out = torch.empty(m, n, dtype=torch.float32)
+    weight = [codes.data_ptr()] if scales is None else [codes.data_ptr(), scales.data_ptr()]
     rc = fn(
-        x2.data_ptr(), m, k, codes.data_ptr(), scales.data_ptr(),
-        None if bias is None else bias.data_ptr(), n, out.data_ptr(), torch.get_num_threads(),
+        x2.data_ptr(), m, k, *weight, None if bias is None else bias.data_ptr(), n,
+        out.data_ptr(), torch.get_num_threads(),
     )  # fmt: skip
     if rc != 0:
         raise MemoryError("quantized linear: cannot allocate its scratch buffer")
@@ -113,3 +116,14 @@ def q4_linear(
     """``quantize_activations_q8(x) @ dequantize_q4(codes, dm).T + bias`` on CPU, in x's
     dtype (K a multiple of 32): 4-bit weights times 8-bit inputs, as llama.cpp computes."""
     return _call(native.library().tritium_q4_linear, x, codes, dm, bias)
+
+
+def bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ weight.float().T + bias`` on CPU in fp32 math, in x's dtype: weight [N, K] bf16
+    (K a multiple of 8), widened in registers, so it is read at half fp32's bytes."""
+    return _call(native.library().tritium_bf16_linear, x, weight, None, bias)
+
+
+def fp16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`bf16_linear` for fp16 weights."""
+    return _call(native.library().tritium_fp16_linear, x, weight, None, bias)

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, PretrainedConfig
 
 from tritium.engine.loader.cache import ShardWriter, atomic_folder, cache_root, is_complete
+from tritium.engine.loader.hf_folder import HALF_WEIGHT_TYPES
 
 logger = logging.getLogger(__name__)
 
@@ -254,6 +255,16 @@ def quantized_weight_formats(path: Path) -> dict[str, str]:
         hf_tensor_name(t.name): "q4" if t.tensor_type.name.startswith(_FOUR_BIT_OR_LESS) else "int8"
         for t in open_gguf(path).tensors
         if t.tensor_type.name not in ("F32", "F16", "BF16") and t.name not in _CONFIG_TENSORS
+    }
+
+
+def half_weight_formats(path: Path) -> dict[str, str]:
+    """The Hugging Face names of the weights the GGUF file stores as F16 or BF16, each with
+    the CPU format that keeps it so ("fp16", "bf16")."""
+    return {
+        hf_tensor_name(t.name): HALF_WEIGHT_TYPES[t.tensor_type.name]
+        for t in open_gguf(path).tensors
+        if t.tensor_type.name in HALF_WEIGHT_TYPES and t.name not in _CONFIG_TENSORS
     }
 
 

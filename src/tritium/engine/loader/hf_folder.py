@@ -15,6 +15,10 @@ from transformers import AutoConfig, PretrainedConfig
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PT_INDEX = "pytorch_model.bin.index.json"
 
+#: The 16-bit float types (safetensors' and GGUF's names alike) and the CPU weight format
+#: that keeps each as stored (layers.linear.HALF_FORMATS).
+HALF_WEIGHT_TYPES = {"BF16": "bf16", "F16": "fp16"}
+
 #: Buffers some old checkpoints saved next to the parameters; engines recompute them.
 _SKIPPED_SUFFIXES = ("rotary_emb.inv_freq", "rotary_emb.cos_cached", "rotary_emb.sin_cached")
 
@@ -111,6 +115,21 @@ def iter_weights(
             del state
         else:
             raise ValueError(f"unknown weight format {fmt!r}")
+
+
+def half_weight_formats(files: list[Path], fmt: str) -> dict[str, str]:
+    """The weights that safetensors files store as 16-bit floats, each with its CPU format
+    ("bf16", "fp16"), read from the headers alone; ``{}`` for ``.bin`` checkpoints."""
+    if fmt != "safetensors":
+        return {}
+    formats = {}
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                half = HALF_WEIGHT_TYPES.get(f.get_slice(name).get_dtype())
+                if half is not None:
+                    formats[name] = half
+    return formats
 
 
 def _torch_load(path: Path) -> dict[str, torch.Tensor]:

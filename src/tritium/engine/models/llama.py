@@ -146,7 +146,7 @@ class LlamaDecoderLayer(nn.Module):
 
     def decode_params(self) -> cpu_ops.LayerParams | None:
         """This layer as one C call for decode steps (cpu_ops.decode_layer), or None where
-        the C layer does not cover it: a weight not quantized, norms not in fp32 or with
+        the C layer does not cover it: a weight in a plain tensor, norms not in fp32 or with
         different eps, or a head layout outside the attention kernel's limits."""
         attn, mlp = self.self_attn, self.mlp
         linears = [cpu_ops.linear_params(m) for m in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)]  # fmt: skip

@@ -218,7 +218,8 @@ void tritium_decode_attention(const float* q, int64_t q_row_stride, int64_t B, i
 
 /* -- one whole decoder layer for a batch of decodes ------------------------------------ */
 
-/* A quantized linear layer: kind 1 = int8 (codes int8, scales fp32 per row), 2 = q4. */
+/* A compact linear layer: kind 1 = int8 (codes int8, scales fp32 per row), 2 = q4, 3 = bf16
+ * and 4 = fp16 (codes the 16-bit weights, no scales). */
 typedef struct {
   int64_t kind, in_features, out_features;
   const void* codes;
@@ -238,11 +239,19 @@ typedef struct {
 } TritiumLayer;
 
 static int run_linear(const TritiumLinear* l, const float* x, int64_t M, float* out, int threads) {
-  if (l->kind == 1)
-    return tritium_int8_linear(x, M, l->in_features, (const int8_t*)l->codes,
-                               (const float*)l->scales, l->bias, l->out_features, out, threads);
-  return tritium_q4_linear(x, M, l->in_features, (const uint8_t*)l->codes,
-                           (const uint16_t*)l->scales, l->bias, l->out_features, out, threads);
+  const int64_t K = l->in_features, N = l->out_features;
+  switch (l->kind) {
+    case 1:
+      return tritium_int8_linear(x, M, K, (const int8_t*)l->codes, (const float*)l->scales,
+                                 l->bias, N, out, threads);
+    case 2:
+      return tritium_q4_linear(x, M, K, (const uint8_t*)l->codes, (const uint16_t*)l->scales,
+                               l->bias, N, out, threads);
+    case 3:
+      return tritium_bf16_linear(x, M, K, (const uint16_t*)l->codes, l->bias, N, out, threads);
+    default:
+      return tritium_fp16_linear(x, M, K, (const uint16_t*)l->codes, l->bias, N, out, threads);
+  }
 }
 
 /* x [B, hidden]: the previous layer's output in, this layer's out; residual [B, hidden]: the

@@ -1,6 +1,8 @@
-/* Weight-only quantized linear layers for CPU decode, called from quant_kernel.py:
+/* Linear layers with compact weights for CPU decode, called from quant_kernel.py:
  *
  *   tritium_int8_linear: int8 weights, one fp32 scale per output row.
+ *   tritium_bf16_linear, tritium_fp16_linear: 16-bit float weights as the checkpoint stores
+ *                        them, widened to fp32 in registers (exact), fp32 math.
  *   tritium_q4_linear:   4-bit codes in blocks of 32 with an fp16 scale d and minimum m per
  *                        block (w = d * q + m: llama.cpp's Q4_1 layout, so a Q4_1 GGUF's
  *                        weights are kept exactly); half the bytes of int8. Its input rows
@@ -155,10 +157,82 @@ static void tile_rows(const float* x, int64_t M, int64_t K, const float* wf, int
 
 #endif
 
-/* Returns 0, or -1 when a scratch buffer cannot be allocated. */
-int tritium_int8_linear(const float* x, int64_t M, int64_t K, const int8_t* w,
+/* -- 16-bit float weights (bf16, fp16) ------------------------------------------------- */
+
+/* Kept as stored in the checkpoint and widened to fp32 in registers: fp32 math on exactly
+ * the checkpoint's values (widening is exact) at half the bytes of fp32 weights. */
+
+#ifdef HAVE_GEMV
+/* 8 weights to fp32. bf16 is the top half of an fp32; fp16 goes through F16C. */
+static inline __attribute__((always_inline)) __m256 load8_half(const uint16_t* p, int bf16) {
+  const __m128i h = _mm_loadu_si128((const __m128i*)p);
+  return bf16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+              : _mm256_cvtph_ps(h);
+}
+
+/* K is a multiple of 8 here (checked by the caller). */
+static inline __attribute__((always_inline)) void widen_tile_half(const uint16_t* w, int64_t K,
+                                                                  int nr, float* wf, int bf16) {
+  for (int j = 0; j < NR; ++j)
+    for (int64_t k = 0; k < K; k += 8) {
+      if (j < nr && (k & 31) == 0)
+        _mm_prefetch((const char*)(w + j * K + k) + PREFETCH_BYTES, _MM_HINT_T0);
+      _mm256_store_ps(wf + j * K + k, j < nr ? load8_half(w + j * K + k, bf16) : _mm256_setzero_ps());
+    }
+}
+
+/* One input row, straight from memory, as the int8 gemv_tile. */
+static inline __attribute__((always_inline)) void gemv_tile_half(const float* x, int64_t K,
+                                                                 const uint16_t* w, int nr,
+                                                                 const float* bias, float* out,
+                                                                 int bf16) {
+  __m256 a[NR], b[NR];
+  for (int j = 0; j < NR; ++j) a[j] = b[j] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    const __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
+    for (int j = 0; j < nr; ++j) {
+      const uint16_t* p = w + j * K + k;
+      _mm_prefetch((const char*)p + PREFETCH_BYTES, _MM_HINT_T0);
+      a[j] = _mm256_fmadd_ps(x0, load8_half(p, bf16), a[j]);
+      b[j] = _mm256_fmadd_ps(x1, load8_half(p + 8, bf16), b[j]);
+    }
+  }
+  for (; k < K; k += 8) {
+    const __m256 x0 = _mm256_loadu_ps(x + k);
+    for (int j = 0; j < nr; ++j) a[j] = _mm256_fmadd_ps(x0, load8_half(w + j * K + k, bf16), a[j]);
+  }
+  for (int j = 0; j < nr; ++j) out[j] = hsum(_mm256_add_ps(a[j], b[j])) + (bias ? bias[j] : 0.0f);
+}
+#else
+static inline float fp16_to_fp32(uint16_t h);
+
+static void widen_tile_half(const uint16_t* w, int64_t K, int nr, float* wf, int bf16) {
+  for (int j = 0; j < NR; ++j)
+    for (int64_t k = 0; k < K; ++k) {
+      float f = 0.0f;
+      if (j < nr && bf16) {
+        const uint32_t bits = (uint32_t)w[j * K + k] << 16;
+        __builtin_memcpy(&f, &bits, sizeof f);
+      } else if (j < nr) {
+        f = fp16_to_fp32(w[j * K + k]);
+      }
+      wf[j * K + k] = f;
+    }
+}
+#endif
+
+enum { W_INT8 = 1, W_BF16 = 3, W_FP16 = 4 }; /* cpu_ops.c's TritiumLinear kinds */
+
+/* The tile loop of the int8 and 16-bit formats: each thread takes tiles of NR weight rows;
+ * one input row runs the format's gemv, several rows widen the tile to fp32 once in L1.
+ * scale: int8's per output row; NULL for 16-bit weights. Returns 0, or -1 when a scratch
+ * buffer cannot be allocated. */
+static int tiled_linear(int kind, const float* x, int64_t M, int64_t K, const void* w,
                         const float* scale, const float* bias, int64_t N, float* out,
                         int nthreads) {
+  static const float ones[NR] = {1.0f, 1.0f, 1.0f, 1.0f};
+  const int64_t elt = kind == W_INT8 ? 1 : 2;
   int failed = 0;
 #ifdef _OPENMP
   omp_set_num_threads(nthreads);
@@ -178,18 +252,49 @@ int tritium_int8_linear(const float* x, int64_t M, int64_t K, const int8_t* w,
     for (int64_t n0 = 0; n0 < N; n0 += NR) {
       if (!wf) continue;
       const int nr = N - n0 < NR ? (int)(N - n0) : NR;
+      const void* tile = (const char*)w + n0 * K * elt;
+      const float* b = bias ? bias + n0 : 0;
 #ifdef HAVE_GEMV
+      if (M == 1 && kind == W_INT8) {
+        gemv_tile(x, K, (const int8_t*)tile, nr, scale + n0, b, out + n0);
+        continue;
+      }
       if (M == 1) {
-        gemv_tile(x, K, w + n0 * K, nr, scale + n0, bias ? bias + n0 : 0, out + n0);
+        if (kind == W_BF16)
+          gemv_tile_half(x, K, (const uint16_t*)tile, nr, b, out + n0, 1);
+        else
+          gemv_tile_half(x, K, (const uint16_t*)tile, nr, b, out + n0, 0);
         continue;
       }
 #endif
-      widen_tile(w + n0 * K, K, nr, wf);
-      tile_rows(x, M, K, wf, nr, scale + n0, bias ? bias + n0 : 0, N, out + n0);
+      if (kind == W_INT8)
+        widen_tile((const int8_t*)tile, K, nr, wf);
+      else if (kind == W_BF16)
+        widen_tile_half((const uint16_t*)tile, K, nr, wf, 1);
+      else
+        widen_tile_half((const uint16_t*)tile, K, nr, wf, 0);
+      tile_rows(x, M, K, wf, nr, scale ? scale + n0 : ones, b, N, out + n0);
     }
     free(wf);
   }
   return failed ? -1 : 0;
+}
+
+/* Returns 0, or -1 when a scratch buffer cannot be allocated. */
+int tritium_int8_linear(const float* x, int64_t M, int64_t K, const int8_t* w,
+                        const float* scale, const float* bias, int64_t N, float* out,
+                        int nthreads) {
+  return tiled_linear(W_INT8, x, M, K, w, scale, bias, N, out, nthreads);
+}
+
+int tritium_bf16_linear(const float* x, int64_t M, int64_t K, const uint16_t* w,
+                        const float* bias, int64_t N, float* out, int nthreads) {
+  return tiled_linear(W_BF16, x, M, K, w, 0, bias, N, out, nthreads);
+}
+
+int tritium_fp16_linear(const float* x, int64_t M, int64_t K, const uint16_t* w,
+                        const float* bias, int64_t N, float* out, int nthreads) {
+  return tiled_linear(W_FP16, x, M, K, w, 0, bias, N, out, nthreads);
 }
 
 #define QB 32 /* q4 values per block */
@@ -305,7 +410,7 @@ static void q4_widen_row(const uint8_t* row, const uint16_t* rdm, int64_t K, flo
 
 #else /* portable */
 
-static inline float q4_half(uint16_t h) {
+static inline float fp16_to_fp32(uint16_t h) {
   const uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1F, man = h & 0x3FF;
   uint32_t bits;
   if (exp == 0) {
@@ -334,14 +439,14 @@ static float q4q8_row(const uint8_t* row, const uint16_t* rdm, int64_t nb, const
     int dot = 0;
     for (int i = 0; i < 16; ++i)
       dot += (row[16 * b + i] & 0x0F) * xq[QB * b + i] + (row[16 * b + i] >> 4) * xq[QB * b + 16 + i];
-    acc += (float)dot * (q4_half(rdm[2 * b]) * xd[b]) + q4_half(rdm[2 * b + 1]) * xs[b];
+    acc += (float)dot * (fp16_to_fp32(rdm[2 * b]) * xd[b]) + fp16_to_fp32(rdm[2 * b + 1]) * xs[b];
   }
   return acc;
 }
 
 static void q4_widen_row(const uint8_t* row, const uint16_t* rdm, int64_t K, float* wf) {
   for (int64_t b = 0; b < K / QB; ++b) {
-    const float d = q4_half(rdm[2 * b]), m = q4_half(rdm[2 * b + 1]);
+    const float d = fp16_to_fp32(rdm[2 * b]), m = fp16_to_fp32(rdm[2 * b + 1]);
     for (int i = 0; i < 16; ++i) {
       wf[b * QB + i] = d * (float)(row[16 * b + i] & 0x0F) + m;
       wf[b * QB + 16 + i] = d * (float)(row[16 * b + i] >> 4) + m;

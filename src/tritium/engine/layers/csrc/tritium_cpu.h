@@ -1,5 +1,5 @@
 /* What the C sources of Tritium's CPU library share: the horizontal sum of an AVX vector
- * and the quantized matmuls (quant_linear.c), which the fused decode layer (cpu_ops.c)
+ * and the compact-weight matmuls (quant_linear.c), which the fused decode layer (cpu_ops.c)
  * calls. */
 #ifndef TRITIUM_CPU_H
 #define TRITIUM_CPU_H
@@ -26,5 +26,9 @@ int tritium_int8_linear(const float* x, int64_t M, int64_t K, const int8_t* w,
 int tritium_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* codes,
                       const uint16_t* dm, const float* bias, int64_t N, float* out,
                       int nthreads);
+int tritium_bf16_linear(const float* x, int64_t M, int64_t K, const uint16_t* w,
+                        const float* bias, int64_t N, float* out, int nthreads);
+int tritium_fp16_linear(const float* x, int64_t M, int64_t K, const uint16_t* w,
+                        const float* bias, int64_t N, float* out, int nthreads);
 
 #endif

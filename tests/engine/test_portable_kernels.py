@@ -1,0 +1,81 @@
+"""The CPU kernels' portable C build (no AVX2: ARM laptops, older x86), built here by
+leaving out the vector flags, against the same references as the AVX2 build."""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+
+import pytest
+import torch
+
+from tritium.engine.layers import native, quant_kernel
+from tritium.engine.layers.linear import QUANT_METHODS, Linear
+
+pytestmark = pytest.mark.skipif(
+    not native.is_available(), reason="the CPU kernels need a C compiler"
+)
+
+
+@pytest.fixture(scope="module")
+def portable() -> ctypes.CDLL:
+    """The library built without -mavx2/-mfma/-mf16c (a separate build key)."""
+    flags = [f for f in native._compile_flags() if not f.startswith("-m")]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(native, "_compile_flags", lambda: flags)
+        return native._build()
+
+
+def test_the_vector_build_is_what_this_machine_runs() -> None:
+    """Guards the comparison: on an AVX2 machine the default build is the vector one."""
+    if platform.machine() in ("x86_64", "AMD64") and {"avx2", "fma", "f16c"} <= native._cpu_flags():
+        assert "-mavx2" in native._compile_flags()
+
+
+@pytest.mark.parametrize("method", sorted(QUANT_METHODS))
+@pytest.mark.parametrize("rows", [1, 5])
+def test_portable_linears_match_their_reference(portable, monkeypatch, method, rows) -> None:
+    torch.manual_seed(rows)
+    layer = Linear(160, 37)
+    layer.quantize(method)
+    x = torch.randn(rows, 160)
+    seen = quant_kernel.quantize_activations_q8(x) if method == "q4" else x
+    expected = seen @ layer.dequantized_weight().T + layer.bias
+    vector = layer(x)
+    monkeypatch.setattr(native, "library", lambda: portable)
+    out = layer(x)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, vector, rtol=1e-5, atol=1e-5)
+
+
+def test_portable_engine_gives_the_vector_builds_tokens(
+    portable, tiny_model_dirs, monkeypatch
+) -> None:
+    """The whole CPU step on the portable build (fused ops, the one-call decode layer,
+    bf16 weights): the same greedy tokens and near-equal logprobs."""
+    from engine_testing import assert_pool_free
+
+    from tritium.engine import LLM, SamplingParams
+
+    prompts = [{"prompt_token_ids": list(range(100, 100 + n))} for n in (11, 3)]
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=1)
+
+    def run() -> tuple[list[list[int]], list[float]]:
+        llm = LLM(str(tiny_model_dirs["qwen2"]), dtype="float32", quantization="bf16")
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        assert_pool_free(llm)
+        tokens = [list(o.outputs[0].token_ids) for o in outs]
+        logprobs = [
+            step[t].logprob
+            for o in outs
+            for t, step in zip(o.outputs[0].token_ids, o.outputs[0].logprobs or [], strict=True)
+        ]
+        return tokens, logprobs
+
+    vector_tokens, vector_logprobs = run()
+    monkeypatch.setattr(native, "library", lambda: portable)
+    tokens, logprobs = run()
+    assert tokens == vector_tokens
+    torch.testing.assert_close(
+        torch.tensor(logprobs), torch.tensor(vector_logprobs), rtol=0, atol=1e-4
+    )
