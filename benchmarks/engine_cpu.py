@@ -4,8 +4,10 @@ Chat prompts from shared/data/prompts.txt, N new tokens each, greedy, ignore_eos
 Measures, in one run: our engine with one stream and with all prompts at once, in its
 default weight formats for this file (q4 for its Q4_1 weights, with 8-bit inputs as
 llama.cpp; int8 for its Q8_0 embedding and the tied lm_head), as int8 everywhere (fp32
-inputs), and dequantized (`--quantization none`, the dtype below); then
-transformers `generate` one prompt at a time, a static batch of all prompts (left
+inputs), and dequantized (`--quantization none`, the dtype below); then our engine on the
+Hugging Face folder transformers loads (the same weights as bf16 safetensors: by default
+kept bf16 under fp32 math, and `none`, fp32 weights); then transformers `generate` one
+prompt at a time, a static batch of all prompts (left
 padding) and its continuous batching `generate_batch` where it runs, in bf16 (what the
 issue names) and fp32 (the fair one on a CPU without native bf16). Prints each number as
 it is measured, then a table with the ratios; writes benchmarks/out/engine_cpu.json.
@@ -107,20 +109,24 @@ def bench_hf(
         t = time.perf_counter()
         model.generate(ids, attention_mask=mask, **gen_kw)
         report(result, f"hf_{tag}_static{b}_tok_s", n_tokens * b / (time.perf_counter() - t))
-        if not generate_batch:
-            return
-        try:
-            cfg = GenerationConfig(
-                max_new_tokens=n_tokens, do_sample=False, eos_token_id=-1, pad_token_id=pad_id
-            )
-            t = time.perf_counter()
-            out = model.generate_batch(inputs=prompts, generation_config=cfg, progress_bar=False)
-            dt = time.perf_counter() - t
-            n = sum(len(r.generated_tokens) for r in out.values())
-            report(result, f"hf_{tag}_generate_batch{b}_tok_s", n / dt)
-        except Exception as exc:  # not every transformers version runs it on CPU
-            result[f"hf_{tag}_generate_batch_error"] = repr(exc)[:200]
-            print(f"  hf_{tag}_generate_batch: {exc!r}"[:200], flush=True)
+    if not generate_batch:
+        return
+    # Outside inference_mode: its generation loop runs in a thread of its own, which may not
+    # update tensors made in inference mode (transformers 5.23 fails every request so).
+    try:
+        cfg = GenerationConfig(
+            max_new_tokens=n_tokens, do_sample=False, eos_token_id=-1, pad_token_id=pad_id
+        )
+        t = time.perf_counter()
+        out = model.generate_batch(inputs=prompts, generation_config=cfg, progress_bar=False)
+        dt = time.perf_counter() - t
+        n = sum(len(r.generated_tokens) for r in out.values())
+        if n < b * n_tokens:
+            raise RuntimeError(f"generate_batch returned {n} of {b * n_tokens} tokens")
+        report(result, f"hf_{tag}_generate_batch{b}_tok_s", n / dt)
+    except Exception as exc:  # not every transformers version runs it on CPU
+        result[f"hf_{tag}_generate_batch_error"] = repr(exc)[:200]
+        print(f"  hf_{tag}_generate_batch: {exc!r}"[:200], flush=True)
 
 
 def main() -> None:
@@ -131,6 +137,12 @@ def main() -> None:
         default="auto,int8,none",
         help="engine weight formats to measure, comma list: auto (the default: the GGUF's "
         "4-bit weights as q4, its 8-bit ones as int8), q4, int8, none (dequantized, in --dtype)",
+    )
+    ap.add_argument(
+        "--folder-quantization",
+        default="auto,none",
+        help="weight formats for the engine on the bf16 HF folder, comma list (empty: skip): "
+        "auto (bf16 kept, fp32 math, where the CPU lacks native bf16), none, int8, ...",
     )
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--num-prompts", type=int, default=20)
@@ -149,16 +161,23 @@ def main() -> None:
         "num_prompts": b,
         "new_tokens": args.max_tokens,
     }
-    tags = args.quantization.split(",")
-    for tag in tags:
+    runs = [("smollm2", tag, tag) for tag in args.quantization.split(",")]
+    runs += [
+        (str(ckpt.model_dir), f"folder-{fmt}", fmt)
+        for fmt in args.folder_quantization.split(",")
+        if fmt
+    ]
+    tags = [tag for _, tag, _ in runs]
+    for model, tag, fmt in runs:
         t = time.perf_counter()
-        llm = LLM("smollm2", dtype=args.dtype, quantization=None if tag == "auto" else tag)
+        llm = LLM(model, dtype=args.dtype, quantization=None if fmt == "auto" else fmt)
         runner = llm.engine_core.runner
         result[f"engine_{tag}_startup_s"] = time.perf_counter() - t
         result[f"engine_{tag}_weights"] = runner.quantization or str(runner.dtype)
         result["threads"] = torch.get_num_threads()
         print(
-            f"engine, quantization={tag} ({result[f'engine_{tag}_weights']} weights, "
+            f"engine on {'the HF folder' if model != 'smollm2' else 'the GGUF'}, "
+            f"quantization={fmt} ({result[f'engine_{tag}_weights']} weights, "
             f"{result['threads']} threads):",
             flush=True,
         )

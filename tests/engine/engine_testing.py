@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tritium.engine import LLM
+from tritium.engine.layers.linear import Linear
 from tritium.engine.layers.paged_attention_triton import HAS_TRITON
 
 #: Where the Triton kernels' tests run: on CUDA, or on CPU through Triton's interpreter
@@ -67,3 +68,11 @@ def assert_pool_free(llm: LLM) -> None:
     assert not core.scheduler.running and not core.scheduler.waiting
     assert bm.num_free_blocks == bm.num_blocks
     assert all(r == 0 for r in bm.ref_cnt)
+
+
+def random_linear(in_features: int, out_features: int, bias: bool = True) -> Linear:
+    """Our Linear with nn.Linear's random initialisation (the engine's layers are built
+    uninitialised, as their weights are always loaded)."""
+    layer = Linear(in_features, out_features, bias=bias)
+    torch.nn.Linear.reset_parameters(layer)
+    return layer

@@ -8,9 +8,10 @@ import platform
 
 import pytest
 import torch
+from engine_testing import random_linear
 
 from tritium.engine.layers import native, quant_kernel
-from tritium.engine.layers.linear import QUANT_METHODS, Linear
+from tritium.engine.layers.linear import QUANT_METHODS
 
 pytestmark = pytest.mark.skipif(
     not native.is_available(), reason="the CPU kernels need a C compiler"
@@ -36,7 +37,7 @@ def test_the_vector_build_is_what_this_machine_runs() -> None:
 @pytest.mark.parametrize("rows", [1, 5])
 def test_portable_linears_match_their_reference(portable, monkeypatch, method, rows) -> None:
     torch.manual_seed(rows)
-    layer = Linear(160, 37)
+    layer = random_linear(160, 37)
     layer.quantize(method)
     x = torch.randn(rows, 160)
     seen = quant_kernel.quantize_activations_q8(x) if method == "q4" else x

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from engine_testing import assert_pool_free
+from engine_testing import assert_pool_free, random_linear
 from test_models import NEW_TOKENS, PROMPTS, hf_greedy
 
 from tritium.engine import LLM, EngineArgs, SamplingParams
 from tritium.engine.engine_core import engine_dtype, resolve_quantization
 from tritium.engine.layers import quant_kernel
 from tritium.engine.layers.linear import QUANT_KERNEL_MAX_ROWS, Linear, quantize_linears
+from tritium.engine.layers.quant_kernel import quantize_weight_int8, quantize_weight_q4
 from tritium.engine.loader import gguf, load_checkpoint
 
 pytestmark = pytest.mark.skipif(
@@ -37,7 +38,7 @@ def test_linear_equals_fp32_math_on_the_dequantized_weight(
     (llama.cpp's rule); on the one-row path, the several-row path and the >64-row matmul."""
     torch.manual_seed(rows)
     # 37 rows: a partial tile of the kernels' 4; K = 160: five q4 blocks, K % 16 != 0.
-    layer = Linear(160, 37, bias=bias)
+    layer = random_linear(160, 37, bias=bias)
     layer.quantize(method)
     assert layer.weight is None and layer.quant == method
     x = torch.randn(rows, 160) * torch.logspace(-1, 1, 160)  # blocks of different scale
@@ -54,7 +55,7 @@ def test_linear_equals_fp32_math_on_the_dequantized_weight(
 
 
 def test_q4_rows_give_the_same_result_alone_or_batched() -> None:
-    layer = Linear(576, 100)
+    layer = random_linear(576, 100)
     layer.quantize("q4")
     x = torch.randn(9, 576)
     alone = torch.cat([layer(x[i : i + 1]) for i in range(9)])
@@ -72,7 +73,7 @@ def test_activation_blocks_round_within_half_a_step() -> None:
 
 @pytest.mark.parametrize("method", FORMATS)
 def test_linear_keeps_input_dtype_and_leading_dims(method: str) -> None:
-    layer = Linear(64, 24, bias=False)
+    layer = random_linear(64, 24, bias=False)
     layer.quantize(method)
     x = torch.randn(2, 3, 64, dtype=torch.bfloat16)
     out = layer(x)
@@ -84,7 +85,7 @@ def test_linear_keeps_input_dtype_and_leading_dims(method: str) -> None:
 
 @pytest.mark.parametrize(("method", "dtype"), [("bf16", torch.bfloat16), ("fp16", torch.float16)])
 def test_16_bit_formats_keep_16_bit_weights_exactly(method: str, dtype: torch.dtype) -> None:
-    layer = Linear(64, 24)
+    layer = random_linear(64, 24)
     with torch.no_grad():
         layer.weight.copy_(layer.weight.to(dtype))  # a checkpoint stored in 16 bits
     stored = layer.weight.detach().clone()
@@ -121,13 +122,13 @@ def test_q4_keeps_q4_1_weights_exactly_and_rounds_others_within_half_a_step() ->
 
 def test_quantize_rejects_what_the_kernels_cannot_run() -> None:
     with pytest.raises(ValueError, match="in_features % 8"):
-        Linear(12, 4).quantize("int8")
+        random_linear(12, 4).quantize("int8")
     with pytest.raises(ValueError, match="in_features % 32"):
-        Linear(40, 4).quantize("q4")
+        random_linear(40, 4).quantize("q4")
     with pytest.raises(ValueError, match="in_features % 8"):
-        Linear(12, 4).quantize("bf16")
+        random_linear(12, 4).quantize("bf16")
     with pytest.raises(ValueError, match="unknown weight format"):
-        Linear(32, 4).quantize("q3")
+        random_linear(32, 4).quantize("q3")
 
 
 def test_layers_take_their_sources_format_and_fall_back_by_width() -> None:
@@ -135,7 +136,7 @@ def test_layers_take_their_sources_format_and_fall_back_by_width() -> None:
         def __init__(self) -> None:
             super().__init__()
             self.a, self.b, self.c, self.d = (
-                Linear(64, 8), Linear(64, 8), Linear(40, 8), Linear(64, 8)
+                random_linear(64, 8), random_linear(64, 8), random_linear(40, 8), random_linear(64, 8)
             )  # fmt: skip
 
     model = Tiny()
@@ -151,7 +152,7 @@ def test_layers_take_their_sources_format_and_fall_back_by_width() -> None:
         def __init__(self) -> None:
             super().__init__()
             self.a, self.b, self.c, self.d, self.e = (
-                Linear(64, 8), Linear(64, 8), Linear(64, 8), Linear(64, 8), Linear(12, 8)
+                random_linear(64, 8), random_linear(64, 8), random_linear(64, 8), random_linear(64, 8), random_linear(12, 8)
             )  # fmt: skip
 
         def checkpoint_names(self, name: str) -> list[str]:
@@ -264,6 +265,7 @@ import torch
 from tritium.engine import EngineArgs
 from tritium.engine.engine_core import engine_dtype, resolve_quantization
 from tritium.engine.layers import quant_kernel
+from tritium.engine.layers.quant_kernel import quantize_weight_int8, quantize_weight_q4
 from tritium.engine.loader import load_checkpoint
 assert not quant_kernel.is_available()
 ckpt = load_checkpoint("smollm2", dtype=torch.float32, progress=False)
@@ -400,3 +402,36 @@ def test_a_16_bit_gguf_keeps_its_weights_under_fp32_math(tmp_path, monkeypatch, 
     out = llm.generate(["hello world"], SamplingParams(temperature=0, max_tokens=5))
     assert len(out[0].outputs[0].token_ids) == 5
     assert_pool_free(llm)
+
+
+def test_each_layer_takes_its_format_as_soon_as_its_weights_are_in(tiny_model_dirs) -> None:
+    """Loading never holds the whole fp32 model: a Linear is compact before the next
+    checkpoint tensor after its last source arrives, and its fp32 weight is gone."""
+    from tritium.engine.layers.linear import quantize_as_loaded, weight_formats
+    from tritium.engine.models import build_model
+
+    ckpt = load_checkpoint(str(tiny_model_dirs["qwen2"]), dtype=torch.float32, progress=False)
+    model = build_model(ckpt.hf_config, 64)
+    plan = weight_formats(model, "int8")
+    assert len(plan) == 2 * 4 + 1
+    modules = dict(model.named_modules())
+    arrived: list[str] = []
+
+    def watched():
+        for name, tensor in ckpt.weights():
+            compact = {n for n in plan if modules[n].quant is not None}
+            complete = {n for n in plan if set(model.checkpoint_names(n)) <= set(arrived)}
+            assert compact == complete, (name, complete - compact)
+            arrived.append(name)
+            yield name, tensor
+
+    model.load_weights(quantize_as_loaded(model, plan, watched()))
+    assert all(modules[n].quant == "int8" and modules[n].weight is None for n in plan)
+
+
+def test_large_weights_quantize_by_blocks_of_rows_to_the_same_result(monkeypatch) -> None:
+    w = torch.randn(1000, 96)
+    whole = quantize_weight_int8(w), quantize_weight_q4(w)
+    monkeypatch.setattr(quant_kernel, "_QUANTIZE_CHUNK", 96 * 64 + 5)  # 64 rows, then a rest
+    for (a, b), (c, d) in zip(whole, (quantize_weight_int8(w), quantize_weight_q4(w)), strict=True):
+        assert torch.equal(a, c) and torch.equal(b, d)

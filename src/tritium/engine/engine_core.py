@@ -84,7 +84,7 @@ def resolve_quantization(args: EngineArgs, ckpt: Checkpoint) -> str | dict[str, 
             )
         quant_kernel.ensure_available()
         return args.quantization
-    if args.quantization is not None or not on_cpu or not quant_kernel.is_available():
+    if args.quantization is not None or not on_cpu:
         return None
     formats: dict[str, str] = {}
     if ckpt.dtype == torch.float32:
@@ -94,7 +94,7 @@ def resolve_quantization(args: EngineArgs, ckpt: Checkpoint) -> str | dict[str, 
             formats = hf_folder.half_weight_formats(ckpt.weight_files, ckpt.load_format)
     if ckpt.gguf_file is not None:
         formats |= gguf.quantized_weight_formats(ckpt.gguf_file)
-    return formats or None
+    return formats if formats and quant_kernel.is_available() else None
 
 
 class EngineCore:

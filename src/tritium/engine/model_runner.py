@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,7 @@ import torch
 from tritium.engine.config import EngineArgs, default_cpu_kv_bytes
 from tritium.engine.decode_kv import DecodeKV
 from tritium.engine.layers.attention import AttentionMetadata, PrefillChunk
-from tritium.engine.layers.linear import quantize_linears
+from tritium.engine.layers.linear import quantize_as_loaded, weight_formats
 from tritium.engine.layers.sampler import Sampler, SamplingMetadata
 from tritium.engine.models import build_model
 from tritium.engine.scheduler import SchedulerOutput
@@ -59,12 +60,11 @@ class ModelRunner:
                 self.model = build_model(hf_config, max_model_len)
         finally:
             torch.set_default_dtype(default_dtype)
-        self.model.load_weights(weights)
+        plan = {} if quantization is None else weight_formats(self.model, quantization)
+        self.model.load_weights(quantize_as_loaded(self.model, plan, weights))
         #: How the linear layers' weights are stored, e.g. "q4 x210, int8 x1"; None: dtype.
-        self.quantization: str | None = None
-        if quantization is not None:
-            counts = quantize_linears(self.model, quantization)
-            self.quantization = ", ".join(f"{k} x{n}" for k, n in sorted(counts.items())) or None
+        counts = sorted(Counter(plan.values()).items())
+        self.quantization = ", ".join(f"{k} x{n}" for k, n in counts) or None
         self.model.eval()
         self.sampler = Sampler()
         self.attn_layers = self.model.attention_layers

@@ -18,7 +18,7 @@ fp32 and use the regular matmul.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +41,11 @@ HALF_FORMATS = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 class Linear(nn.Linear):
     """nn.Linear whose CPU float32 forward goes through oneDNN, optionally with a compact
-    weight (`quant` is then a QUANT_METHODS key, and `weight` is None)."""
+    weight (`quant` is then a QUANT_METHODS key, and `weight` is None).
+
+    Built uninitialised, as vLLM's layers are: the weights always come from a checkpoint
+    or the dummy loader, and random values would cost time and commit the memory of the
+    full-precision weight that a compact format replaces as it loads."""
 
     qweight: torch.Tensor | None  # int8 [N, K], q4 codes [N, K / 2] uint8, bf16/fp16 [N, K]
     wscale: torch.Tensor | None  # int8: [N] fp32 scales; q4: [N, K / 32, 2] fp16 (d, m)
@@ -51,6 +55,9 @@ class Linear(nn.Linear):
         self.quant: str | None = None
         self.register_buffer("qweight", None)
         self.register_buffer("wscale", None)
+
+    def reset_parameters(self) -> None:
+        """Leaves the parameters uninitialised (see the class docstring)."""
 
     def quantize(self, method: str) -> None:
         """Replace the weight by `method`'s format (CPU only). A tied weight stays with
@@ -110,8 +117,9 @@ class Linear(nn.Linear):
         return F.linear(x, w, b)
 
 
-def quantize_linears(model: nn.Module, formats: str | Mapping[str, str]) -> Counter[str]:
-    """Quantize the Linear layers of `model`; returns how many took each format.
+def weight_formats(model: nn.Module, formats: str | Mapping[str, str]) -> dict[str, str]:
+    """The format each Linear of `model` takes, by module name (absent: it keeps a plain
+    weight).
 
     `formats` is one format for every layer, or a format per checkpoint weight name: a
     layer fed by several checkpoint tensors (packed q/k/v, gate/up) takes their format
@@ -119,28 +127,67 @@ def quantize_linears(model: nn.Module, formats: str | Mapping[str, str]) -> Coun
     (one source without a format, or 16-bit floats that differ). A layer whose width the
     format cannot tile falls back to float (q4: to int8 first).
     """
-    names = getattr(model, "checkpoint_names", None)
-    counts: Counter[str] = Counter()
+    plan = {}
     for name, layer in model.named_modules():
         if not isinstance(layer, Linear):
             continue
         if isinstance(formats, str):
             fmt: str | None = formats
         else:
-            sources = {formats.get(n) for n in (names(name) if names else [f"{name}.weight"])}
-            fmt = _shared_format(sources)
+            fmt = _shared_format({formats.get(n) for n in _sources(model, name)})
         if fmt == "q4" and layer.in_features % QUANT_METHODS["q4"]:
             fmt = "int8"
         if fmt is not None and layer.in_features % QUANT_METHODS[fmt]:
             fmt = None
         if fmt is not None:
-            layer.quantize(fmt)
-            counts[fmt] += 1
-    return counts
+            plan[name] = fmt
+    return plan
+
+
+def quantize_linears(model: nn.Module, formats: str | Mapping[str, str]) -> Counter[str]:
+    """Put the Linear layers of `model` in their `weight_formats` now; returns how many
+    took each format."""
+    plan = weight_formats(model, formats)
+    modules = dict(model.named_modules())
+    for name, fmt in plan.items():
+        modules[name].quantize(fmt)
+    return Counter(plan.values())
+
+
+def quantize_as_loaded(
+    model: nn.Module, plan: Mapping[str, str], weights: Iterable[tuple[str, torch.Tensor]]
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Pass `weights` on to `model.load_weights`, putting each Linear of `plan` (from
+    `weight_formats`) in its format as soon as every checkpoint tensor it is loaded from is
+    in: the full-precision model never exists whole, so loading peaks near the compact
+    model's size rather than the fp32 one's."""
+    modules = dict(model.named_modules())
+    waiting = {name: set(_sources(model, name)) for name in plan}
+    fed_by: dict[str, list[str]] = {}
+    for name, sources in waiting.items():
+        for source in sources:
+            fed_by.setdefault(source, []).append(name)
+    for source, tensor in weights:
+        yield source, tensor
+        del tensor
+        # The model has copied `source` in by the time it asks for the next tensor.
+        for name in fed_by.get(source, ()):
+            waiting[name].discard(source)
+            if not waiting[name]:
+                modules[name].quantize(plan[name])
+    for name, left in waiting.items():  # a source the checkpoint lacks: load_weights says so
+        if left and modules[name].weight is not None:
+            modules[name].quantize(plan[name])
+
+
+def _sources(model: nn.Module, name: str) -> list[str]:
+    """The checkpoint tensors Linear `name` is loaded from (packed layers have several)."""
+    names = getattr(model, "checkpoint_names", None)
+    return names(name) if names else [f"{name}.weight"]
 
 
 def _shared_format(sources: set[str | None]) -> str | None:
-    """The one format a packed layer's checkpoint tensors can share (quantize_linears)."""
+    """The one format a packed layer's checkpoint tensors can share (weight_formats)."""
     if len(sources) == 1:
         return next(iter(sources))
     return "int8" if sources <= {"int8", "q4"} else None

@@ -28,8 +28,31 @@ __all__ = [
 Q4_BLOCK = 32
 
 
+#: Weight elements quantized at a time: the fp32 temporaries of a whole large matrix (a
+#: 128k-token lm_head is 262M values) would cost several times its fp32 size at load.
+_QUANTIZE_CHUNK = 1 << 22
+
+
+def _by_rows(
+    weight: torch.Tensor, fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`fn` over blocks of rows of `weight`, results concatenated along the rows."""
+    rows = max(1, _QUANTIZE_CHUNK // max(1, weight.shape[1]))
+    if weight.shape[0] <= rows:
+        return fn(weight)
+    parts = [fn(block) for block in weight.split(rows)]
+    return (
+        torch.cat([a for a, _ in parts]).contiguous(),
+        torch.cat([b for _, b in parts]).contiguous(),
+    )
+
+
 def quantize_weight_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-output-row int8: ``weight ~= q * scale[:, None]``; returns (q, scale)."""
+    return _by_rows(weight, _int8_rows)
+
+
+def _int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     w = weight.detach().float()
     scale = (w.abs().amax(dim=1) / 127.0).clamp(min=torch.finfo(torch.float32).tiny)
     q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
@@ -43,6 +66,10 @@ def quantize_weight_q4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     Returns (codes [N, K / 2] uint8, dm [N, K / 32, 2] fp16). Weights that came from a Q4_1
     GGUF come back exactly: each of their blocks holds its own minimum and maximum codes.
     """
+    return _by_rows(weight, _q4_rows)
+
+
+def _q4_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     n, k = weight.shape
     w = weight.detach().float().reshape(n, k // Q4_BLOCK, Q4_BLOCK)
     lo, hi = w.amin(dim=-1), w.amax(dim=-1)

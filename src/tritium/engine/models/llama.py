@@ -286,8 +286,10 @@ class LlamaForCausalLM(nn.Module):
         return self.lm_head(hidden)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy Hugging Face-named tensors into the packed parameters."""
-        params = dict(self.named_parameters(remove_duplicate=False))
+        """Copy Hugging Face-named tensors into the packed parameters. Each parameter is
+        looked up as its tensor arrives, not held from the start: a layer put in a compact
+        format while loading (linear.quantize_as_loaded) frees its full-precision weight."""
+        params = {n for n, _ in self.named_parameters(remove_duplicate=False)}
         loaded: set[str] = set()
         for name, tensor in weights:
             if "rotary_emb.inv_freq" in name:
@@ -299,12 +301,11 @@ class LlamaForCausalLM(nn.Module):
                 if f".{ckpt_name}." in name:
                     target, shard = name.replace(ckpt_name, packed), shard_id
                     break
-            param = params.get(target)
-            if param is None:
+            if target not in params:
                 raise ValueError(
                     f"checkpoint tensor {name!r} has no place in {type(self).__name__}"
                 )
-            self._load_shard(param, tensor, target, shard)
+            self._load_shard(self.get_parameter(target), tensor, target, shard)
             loaded.add(target)
         missing = {
             n

@@ -1,0 +1,107 @@
+"""CPU model load: peak memory and start-up time of `LLM(...)`, each case in a
+fresh process (peak RSS is per process), with a small KV pool so the weights dominate.
+
+    python benchmarks/load_cpu.py [--src DIR] [--cases smollm2-q4,...] [--out FILE]
+
+`--src` runs another checkout's engine (e.g. a `git worktree` of an older commit) with
+this script, so before/after numbers come from one run. The baseline case imports the
+engine and reads SmolLM2's config and tokenizer only: the process's fixed cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: name -> (model, engine kwargs); "folder" is the converted SmolLM2 (bf16 safetensors).
+CASES: dict[str, tuple[str, dict]] = {
+    "baseline": ("", {}),
+    "smollm2-q4": ("smollm2", {}),
+    "smollm2-folder-bf16": ("folder", {}),
+    "smollm2-folder-fp32": ("folder", {"quantization": "none"}),
+    "llama-3.2-1b-q4": ("llama-3.2-1b", {"load_format": "dummy", "quantization": "q4"}),
+    "llama-3.2-1b-bf16": ("llama-3.2-1b", {"load_format": "dummy", "quantization": "bf16"}),
+    "llama-3.2-1b-fp32": ("llama-3.2-1b", {"load_format": "dummy", "dtype": "float32"}),
+}
+
+# Peak anonymous memory (RssAnon), sampled: ru_maxrss also counts the pages of memory-
+# mapped weight files, which the kernel can drop at will.
+CHILD = """
+import json, resource, sys, threading, time
+peak = [0]
+def sample():
+    while True:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    peak[0] = max(peak[0], int(line.split()[1]))
+        time.sleep(0.002)
+threading.Thread(target=sample, daemon=True).start()
+t = time.perf_counter()
+from tritium.engine import LLM
+from tritium.engine.loader import load_checkpoint
+model, kwargs = json.loads(sys.argv[1])
+if model == "folder":
+    model = str(load_checkpoint("smollm2", progress=False).model_dir)
+result = {}
+if model:
+    llm = LLM(model, max_model_len=512, kv_cache_memory_bytes=64 << 20, **kwargs)
+    runner = llm.engine_core.runner
+    result["weights"] = runner.quantization or str(runner.dtype)
+    assert llm.generate(["Hello"])[0].outputs[0].token_ids  # it runs
+else:
+    load_checkpoint("smollm2", progress=False)
+result["startup_s"] = time.perf_counter() - t
+result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+time.sleep(0.01)
+result["peak_anon_mb"] = peak[0] / 1024
+print(json.dumps(result))
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--src", default=str(ROOT / "src"), help="the tritium source tree to run")
+    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "load_cpu.json"))
+    args = ap.parse_args()
+    env = dict(os.environ, PYTHONPATH=args.src, TQDM_DISABLE="1")
+    results: dict = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": platform.processor() or platform.machine(),
+        "src": args.src,
+    }
+    print(f"{'case':<22}{'weights':<22}{'peak anon MB':>13}{'peak RSS MB':>12}{'start s':>9}")
+    for name in args.cases.split(","):
+        model, kwargs = CASES[name]
+        proc = subprocess.run(
+            [sys.executable, "-c", CHILD, json.dumps([model, kwargs])],
+            env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            results[name] = {"error": proc.stderr[-400:]}
+            print(f"{name:<22}failed: {proc.stderr.strip().splitlines()[-1]}", flush=True)
+            continue
+        r = results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+        weights = r.get("weights", "-")[:21]
+        print(
+            f"{name:<22}{weights:<22}{r['peak_anon_mb']:>13.0f}{r['peak_rss_mb']:>12.0f}"
+            f"{r['startup_s']:>9.1f}",
+            flush=True,
+        )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
