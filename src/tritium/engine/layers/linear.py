@@ -169,7 +169,6 @@ def quantize_as_loaded(
             fed_by.setdefault(source, []).append(name)
     for source, tensor in weights:
         yield source, tensor
-        del tensor
         # The model has copied `source` in by the time it asks for the next tensor.
         for name in fed_by.get(source, ()):
             waiting[name].discard(source)
