@@ -20,6 +20,7 @@ from transformers import (
 )
 
 from tritium.engine.loader import default_model_path, load_checkpoint
+from tritium.engine.loader import gguf as gguf_loader
 from tritium.engine.loader.cache import MARKER
 from tritium.engine.loader.gguf import converted_folder, hf_tensor_name, reverse_permute
 
@@ -385,6 +386,33 @@ def test_gguf_bf16_and_float32_conversions_are_cached_separately(tmp_path, tiny_
     assert (
         load_checkpoint(str(path), dtype=torch.float32, progress=False).model_dir != fp32.model_dir
     )
+
+
+def test_tensor_types_are_read_once_per_file(tmp_path, tiny_llama, cache_dir, monkeypatch):
+    """Every start asks for the file's tensor types; only the first one parses the header."""
+    path = tmp_path / "tiny.gguf"
+    write_gguf(path, "llama", tiny_llama, Q.Q4_1)
+    types = gguf_loader.tensor_types(path)
+    assert types["blk.0.attn_q.weight"] == "Q4_1"
+    assert types["token_embd.weight"] == "Q4_1" and types["output_norm.weight"] == "F32"
+    formats = gguf_loader.quantized_weight_formats(path)
+    assert formats["model.layers.0.self_attn.q_proj.weight"] == "q4"
+
+    def no_parse(_path):
+        raise AssertionError("the GGUF header was parsed again")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(gguf_loader, "open_gguf", no_parse)
+        assert gguf_loader.tensor_types(path) == types
+        stat = path.stat()  # a changed file is a new file
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+        with pytest.raises(AssertionError, match="parsed again"):
+            gguf_loader.tensor_types(path)
+    # A damaged record is read again from the file.
+    record = cache_dir / "gguf" / f"{gguf_loader.file_key(path)}.tensor-types.json"
+    record.write_text('{"blk.0.attn_q.weight": ')
+    assert gguf_loader.tensor_types(path) == types
+    assert json.loads(record.read_text()) == types
 
 
 def test_interrupted_conversion_leaves_no_cache_entry(tmp_path, cache_dir):

@@ -9,10 +9,12 @@ plain HF folder under ``<cache>/gguf/<key>/`` that every later start reads direc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -242,6 +244,28 @@ def dequantize(tensor: Any) -> torch.Tensor:
     return torch.from_numpy(array).reshape(shape)
 
 
+def tensor_types(path: Path) -> dict[str, str]:
+    """The GGUF type name (``"Q4_1"``, ``"F32"``, ...) of every tensor in ``path``, by
+    GGUF tensor name.
+
+    Read once per file and remembered beside the conversions in Tritium's cache: gguf's
+    reader walks every metadata array on open (the whole vocabulary), which takes seconds,
+    and each start asks for these types before and after converting.
+    """
+    path = Path(path).expanduser().resolve()
+    record = cache_root() / "gguf" / f"{file_key(path)}.tensor-types.json"
+    with contextlib.suppress(OSError, ValueError):
+        types = json.loads(record.read_text())
+        if isinstance(types, dict):
+            return types
+    types = {t.name: t.tensor_type.name for t in open_gguf(path).tensors}
+    record.parent.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_name(f".{record.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(types, indent=1) + "\n")
+    os.replace(tmp, record)  # atomic: a concurrent start reads the old or the new file
+    return types
+
+
 #: GGUF types of at most 4 bits per weight, which run as "q4"; wider ones (Q5_*, Q6_K, Q8_*)
 #: run as "int8", so a weight never loses precision it had in the file.
 _FOUR_BIT_OR_LESS = ("Q4", "Q3", "Q2", "IQ4", "IQ3", "IQ2", "IQ1", "TQ")
@@ -252,9 +276,9 @@ def quantized_weight_formats(path: Path) -> dict[str, str]:
     CPU format it runs in: "q4" for 4-bit-or-less types (Q4_0, Q4_1, Q4_K, ...), "int8" for
     the wider ones (Q5_*, Q6_K, Q8_0, ...)."""
     return {
-        hf_tensor_name(t.name): "q4" if t.tensor_type.name.startswith(_FOUR_BIT_OR_LESS) else "int8"
-        for t in open_gguf(path).tensors
-        if t.tensor_type.name not in ("F32", "F16", "BF16") and t.name not in _CONFIG_TENSORS
+        hf_tensor_name(name): "q4" if kind.startswith(_FOUR_BIT_OR_LESS) else "int8"
+        for name, kind in tensor_types(path).items()
+        if kind not in ("F32", "F16", "BF16") and name not in _CONFIG_TENSORS
     }
 
 
@@ -262,9 +286,9 @@ def half_weight_formats(path: Path) -> dict[str, str]:
     """The Hugging Face names of the weights the GGUF file stores as F16 or BF16, each with
     the CPU format that keeps it so ("fp16", "bf16")."""
     return {
-        hf_tensor_name(t.name): HALF_WEIGHT_TYPES[t.tensor_type.name]
-        for t in open_gguf(path).tensors
-        if t.tensor_type.name in HALF_WEIGHT_TYPES and t.name not in _CONFIG_TENSORS
+        hf_tensor_name(name): HALF_WEIGHT_TYPES[kind]
+        for name, kind in tensor_types(path).items()
+        if kind in HALF_WEIGHT_TYPES and name not in _CONFIG_TENSORS
     }
 
 
@@ -303,10 +327,19 @@ def generation_config(meta: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _identity(path: Path) -> str:
+    st = path.stat()
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def file_key(path: Path) -> str:
+    """Identity of one GGUF file: its path, size and modification time."""
+    return hashlib.sha256(_identity(path).encode()).hexdigest()[:20]
+
+
 def cache_key(path: Path, dtype: torch.dtype) -> str:
     """Identity of one conversion: the file (path, size, mtime), the dtype and the format."""
-    st = path.stat()
-    text = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{dtype}|v{FORMAT_VERSION}"
+    text = f"{_identity(path)}|{dtype}|v{FORMAT_VERSION}"
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
