@@ -3,6 +3,11 @@ fresh process (peak RSS is per process), with a small KV pool so the weights dom
 
     python benchmarks/load_cpu.py [--src DIR] [--cases smollm2-q4,...] [--out FILE]
 
+Cases run against a private cache (`--cache`). A "-first" case empties it first (for
+"smollm2-first-start", the GGUF conversion too; otherwise the prepared weights), so the
+case after it shows the start that finds the cache. "folder-1b" is a Llama-3.2-1B folder of
+dummy bf16 weights that the script writes once under `--models` (2.5 GB).
+
 `--src` runs another checkout's engine (e.g. a `git worktree` of an older commit) with
 this script, so before/after numbers come from one run. The baseline case imports the
 engine and reads SmolLM2's config and tokenizer only: the process's fixed cost.
@@ -23,10 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: name -> (model, engine kwargs); "folder" is the converted SmolLM2 (bf16 safetensors).
 CASES: dict[str, tuple[str, dict]] = {
+    "smollm2-first-start": ("smollm2", {}),
     "baseline": ("", {}),
     "smollm2-q4": ("smollm2", {}),
     "smollm2-folder-bf16": ("folder", {}),
     "smollm2-folder-fp32": ("folder", {"quantization": "none"}),
+    "llama-3.2-1b-folder-q4-first": ("folder-1b", {"quantization": "q4"}),
+    "llama-3.2-1b-folder-q4": ("folder-1b", {"quantization": "q4"}),
     "llama-3.2-1b-q4": ("llama-3.2-1b", {"load_format": "dummy", "quantization": "q4"}),
     "llama-3.2-1b-bf16": ("llama-3.2-1b", {"load_format": "dummy", "quantization": "bf16"}),
     "llama-3.2-1b-fp32": ("llama-3.2-1b", {"load_format": "dummy", "dtype": "float32"}),
@@ -51,6 +59,8 @@ from tritium.engine.loader import load_checkpoint
 model, kwargs = json.loads(sys.argv[1])
 if model == "folder":
     model = str(load_checkpoint("smollm2", progress=False).model_dir)
+elif model == "folder-1b":
+    model = sys.argv[2]
 result = {}
 if model:
     llm = LLM(model, max_model_len=512, kv_cache_memory_bytes=64 << 20, **kwargs)
@@ -67,33 +77,79 @@ print(json.dumps(result))
 """
 
 
+def write_folder_1b(folder: Path) -> Path:
+    """A Llama-3.2-1B HF folder of dummy bf16 weights (and SmolLM2's tokenizer files, whose
+    ids all fit the larger vocabulary), written once."""
+    if (folder / "model.safetensors").is_file():
+        return folder
+    import shutil
+
+    import torch
+
+    from tritium.engine.loader import load_checkpoint
+    from tritium.engine.loader.cache import ShardWriter
+
+    print(f"writing dummy Llama-3.2-1B weights to {folder} (once)", flush=True)
+    ckpt = load_checkpoint("llama-3.2-1b", load_format="dummy", dtype=torch.bfloat16)
+    smollm2 = load_checkpoint("smollm2", progress=False).model_dir
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    ckpt.hf_config.save_pretrained(tmp)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(smollm2 / name, tmp / name)
+    writer = ShardWriter(tmp, max_shard_bytes=16 << 30)
+    for name, tensor in ckpt.weights():
+        writer.add(name, tensor)
+    writer.close()
+    tmp.rename(folder)
+    return folder
+
+
+def empty_cache(cache: Path, case: str) -> None:
+    import shutil
+
+    if case == "smollm2-first-start":
+        shutil.rmtree(cache, ignore_errors=True)
+    elif case.endswith("-first"):
+        shutil.rmtree(cache / "prepared", ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--src", default=str(ROOT / "src"), help="the tritium source tree to run")
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "load_cpu.json"))
+    ap.add_argument("--cache", default=str(ROOT / "benchmarks" / "out" / "cache"))
+    ap.add_argument("--models", default=str(ROOT / "benchmarks" / "out" / "models"))
     args = ap.parse_args()
-    env = dict(os.environ, PYTHONPATH=args.src, TQDM_DISABLE="1")
+    cases = args.cases.split(",")
+    env = dict(os.environ, PYTHONPATH=args.src, TQDM_DISABLE="1", TRITIUM_CACHE_DIR=args.cache)
+    os.environ["TRITIUM_CACHE_DIR"] = args.cache
+    folder_1b = Path(args.models) / "llama-3.2-1b-bf16"
+    if any(CASES[c][0] == "folder-1b" for c in cases):
+        write_folder_1b(folder_1b)
     results: dict = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": platform.processor() or platform.machine(),
         "src": args.src,
     }
-    print(f"{'case':<22}{'weights':<22}{'peak anon MB':>13}{'peak RSS MB':>12}{'start s':>9}")
-    for name in args.cases.split(","):
+    print(f"{'case':<30}{'weights':<22}{'peak anon MB':>13}{'peak RSS MB':>12}{'start s':>9}")
+    for name in cases:
         model, kwargs = CASES[name]
+        empty_cache(Path(args.cache), name)
         proc = subprocess.run(
-            [sys.executable, "-c", CHILD, json.dumps([model, kwargs])],
+            [sys.executable, "-c", CHILD, json.dumps([model, kwargs]), str(folder_1b)],
             env=env, capture_output=True, text=True,
         )  # fmt: skip
         if proc.returncode != 0:
             results[name] = {"error": proc.stderr[-400:]}
-            print(f"{name:<22}failed: {proc.stderr.strip().splitlines()[-1]}", flush=True)
+            print(f"{name:<30}failed: {proc.stderr.strip().splitlines()[-1]}", flush=True)
             continue
         r = results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
         weights = r.get("weights", "-")[:21]
         print(
-            f"{name:<22}{weights:<22}{r['peak_anon_mb']:>13.0f}{r['peak_rss_mb']:>12.0f}"
+            f"{name:<30}{weights:<22}{r['peak_anon_mb']:>13.0f}{r['peak_rss_mb']:>12.0f}"
             f"{r['startup_s']:>9.1f}",
             flush=True,
         )

@@ -11,7 +11,14 @@ import torch
 from tritium.engine.block_manager import BlockManager
 from tritium.engine.config import CPU_WEIGHT_FORMATS, EngineArgs
 from tritium.engine.layers import quant_kernel
-from tritium.engine.loader import Checkpoint, gguf, gguf_source, hf_folder, load_checkpoint
+from tritium.engine.loader import (
+    Checkpoint,
+    gguf,
+    gguf_source,
+    hf_folder,
+    load_checkpoint,
+    prepared,
+)
 from tritium.engine.messages import (
     EngineCoreInfo,
     EngineCoreOutput,
@@ -109,7 +116,8 @@ class EngineCore:
             getattr(cfg, "max_position_embeddings", DEFAULT_MAX_MODEL_LEN), DEFAULT_MAX_MODEL_LEN
         )
         quantization = resolve_quantization(args, ckpt)
-        self.runner = ModelRunner(args, cfg, ckpt.weights(), max_len, quantization)
+        cached = None if quantization is None else prepared.for_checkpoint(ckpt, quantization)
+        self.runner = ModelRunner(args, cfg, ckpt.weights(), max_len, quantization, cached)
         # One sequence must always fit in the pool, or it would preempt itself forever.
         self.max_model_len = min(max_len, self.runner.num_blocks * args.block_size)
         self.block_manager = BlockManager(

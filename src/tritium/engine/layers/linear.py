@@ -72,11 +72,19 @@ class Linear(nn.Linear):
                 f"{method} kernel needs in_features % {multiple} == 0, got {self.in_features}"
             )
         if method == "int8":
-            self.qweight, self.wscale = qk.quantize_weight_int8(self.weight)
+            self.set_compact_weight(method, *qk.quantize_weight_int8(self.weight))
         elif method == "q4":
-            self.qweight, self.wscale = qk.quantize_weight_q4(self.weight)
+            self.set_compact_weight(method, *qk.quantize_weight_q4(self.weight))
         else:
-            self.qweight = self.weight.detach().to(HALF_FORMATS[method]).contiguous()
+            half = self.weight.detach().to(HALF_FORMATS[method]).contiguous()
+            self.set_compact_weight(method, half, None)
+
+    def set_compact_weight(
+        self, method: str, qweight: torch.Tensor, wscale: torch.Tensor | None
+    ) -> None:
+        """Take a weight already in `method`'s format (from `quantize`, or prepared weights
+        read from the cache), in place of the plain one; the bias goes to fp32."""
+        self.qweight, self.wscale = qweight, wscale
         self.quant = method
         self.register_parameter("weight", None)
         if self.bias is not None:

@@ -70,6 +70,13 @@ class Checkpoint:
         archs = getattr(self.hf_config, "architectures", None) or []
         return archs[0] if archs else ""
 
+    def source_identity(self) -> list[str] | None:
+        """The weight files as ``path|size|mtime`` (what a cache of anything computed from
+        them must key on); None for dummy weights, which no file holds."""
+        if self.load_format == "dummy":
+            return None
+        return [file_identity(path) for path in self.weight_files]
+
     def weights(
         self, device: torch.device | str | None = None
     ) -> Iterator[tuple[str, torch.Tensor]]:
@@ -84,6 +91,14 @@ class Checkpoint:
         if device is None:
             return stream
         return ((name, tensor.to(device)) for name, tensor in stream)
+
+
+def file_identity(path: Path) -> str:
+    """``path|size|mtime`` of a file, through symlinks (the Hub cache's point at blobs
+    named by their contents). FileNotFoundError when it is gone."""
+    path = path.resolve()
+    st = path.stat()
+    return f"{path}|{st.st_size}|{st.st_mtime_ns}"
 
 
 def load_checkpoint(
