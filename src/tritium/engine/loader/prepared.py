@@ -48,6 +48,10 @@ CACHED_FORMATS = frozenset({"q4", "int8"})
 #: cache entry would cost disk and save nothing.
 MIN_CACHED_WEIGHTS = 32_000_000
 
+#: Shard size of an entry: safetensors copies a shard's tensors into one buffer to write
+#: it, and those copies add to the start's peak memory.
+SHARD_BYTES = 256 * 1024**2
+
 
 @dataclass(frozen=True)
 class PreparedWeights:
@@ -84,7 +88,7 @@ class PreparedWeights:
         _remove_stale(self.folder.parent)
         try:
             with atomic_folder(self.folder, self.marker) as tmp:
-                writer = ShardWriter(tmp)
+                writer = ShardWriter(tmp, SHARD_BYTES)
                 seen = set()
                 for name, tensor in model.state_dict().items():
                     identity = (tensor.data_ptr(), tensor.shape, tensor.dtype)
