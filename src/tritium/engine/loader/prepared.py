@@ -72,7 +72,7 @@ class PreparedWeights:
             return False
         try:
             _assign(model, plan, _read(self.folder))
-        except Exception as exc:
+        except Exception as exc:  # whatever makes an entry unreadable, it is only a miss
             logger.warning("ignoring the damaged prepared weights in %s: %s", self.folder, exc)
             shutil.rmtree(self.folder, ignore_errors=True)
             return False
@@ -136,18 +136,25 @@ def _remove_stale(root: Path) -> None:
     """Delete entries made from files that no longer are what they were (a rewritten
     checkpoint, a temporary folder gone): nothing could ever hit them again. A process
     that maps one keeps its pages; the files go when it exits."""
-    for entry in root.glob("*/"):
+    if not root.is_dir():
+        return
+    for entry in root.iterdir():
+        if not is_complete(entry):
+            continue  # being written (a temporary folder), or not ours
         try:
             source = read_marker(entry)["source"]
-            current = [file_identity(Path(item.rsplit("|", 2)[0])) for item in source]
-        except FileNotFoundError:
-            current = None  # a source file is gone (or the entry is unfinished: skip it)
-            if not is_complete(entry):
-                continue
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            continue  # not an entry this version wrote: leave it
-        if current != source:
+        except (OSError, ValueError, KeyError):
+            continue
+        if not all(_unchanged(item) for item in source):
             shutil.rmtree(entry, ignore_errors=True)
+
+
+def _unchanged(identity: str) -> bool:
+    """Whether the file a `file_identity` string names is still that file."""
+    try:
+        return file_identity(Path(identity.rsplit("|", 2)[0])) == identity
+    except OSError:
+        return False
 
 
 def _read(folder: Path) -> dict[str, torch.Tensor]:
