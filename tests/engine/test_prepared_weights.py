@@ -36,6 +36,13 @@ def entries(cache_dir: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if not p.name.startswith(".")) if root.exists() else []
 
 
+def checkpoint_names(folder: Path) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+        return list(f.keys())
+
+
 def token_ids(llm: LLM) -> list[list[int]]:
     return [list(o.outputs[0].token_ids) for o in llm.generate(PROMPTS, GREEDY)]
 
@@ -81,22 +88,46 @@ def test_the_second_start_maps_what_the_first_computed(
     assert entries(cache_dir) == [entry]
 
 
-def test_a_tied_lm_head_left_plain_stays_tied(cache_dir, model_dir, monkeypatch) -> None:
+def test_a_tied_lm_head_left_plain_stays_tied(
+    cache_dir, model_dir, monkeypatch, no_checkpoint_reads
+) -> None:
     """A format per checkpoint weight (as a GGUF file gives) that leaves the embedding
     plain: lm_head keeps sharing it after a prepared start, and the rest is q4."""
 
-    def layers_only(args, ckpt):
-        return {name: "q4" for name, _ in ckpt.weights() if ".layers." in name}
-
-    monkeypatch.setattr(engine_core, "resolve_quantization", layers_only)
+    plan = {name: "q4" for name in checkpoint_names(model_dir) if ".layers." in name}
+    monkeypatch.setattr(engine_core, "resolve_quantization", lambda args, ckpt: plan)
     first = LLM(str(model_dir), dtype="float32")
     expected = token_ids(first)
     assert len(entries(cache_dir)) == 1
+    no_checkpoint_reads()
     second = LLM(str(model_dir), dtype="float32")
     model = second.engine_core.runner.model
     assert model.lm_head.quant is None
     assert model.lm_head.weight is model.model.embed_tokens.weight
     assert model.model.layers[0].mlp.gate_up_proj.quant == "q4"
+    assert token_ids(second) == expected
+
+
+def test_a_16_bit_table_shared_with_the_lm_head_comes_back_shared(
+    cache_dir, model_dir, monkeypatch, no_checkpoint_reads
+) -> None:
+    """q4 layers with a bf16 embedding (as a GGUF file with an F16/BF16 token_embd gives):
+    the tied lm_head takes the table itself, the entry stores it once, and the next start
+    maps it once for both."""
+
+    names = checkpoint_names(model_dir)
+    plan = {name: "q4" for name in names if ".layers." in name}
+    plan["model.embed_tokens.weight"] = "bf16"
+    monkeypatch.setattr(engine_core, "resolve_quantization", lambda args, ckpt: plan)
+    first = LLM(str(model_dir), dtype="float32")
+    expected = token_ids(first)
+    no_checkpoint_reads()
+    second = LLM(str(model_dir), dtype="float32")
+    model = second.engine_core.runner.model
+    table = model.model.embed_tokens.weight
+    assert table.dtype == torch.bfloat16 and model.lm_head.quant == "bf16"
+    assert model.lm_head.qweight.data_ptr() == table.data_ptr()
+    assert torch.equal(table, first.engine_core.runner.model.model.embed_tokens.weight)
     assert token_ids(second) == expected
 
 

@@ -354,6 +354,11 @@ def test_a_16_bit_checkpoint_keeps_its_weights_under_fp32_math(half_dirs, method
     down = layers["model.layers.0.mlp.down_proj"]
     assert torch.equal(down.qweight, stored["model.layers.0.mlp.down_proj.weight"])
     assert torch.equal(layers["lm_head"].qweight, stored["model.embed_tokens.weight"])
+    # The input embedding keeps the table in 16 bits too, and the tied lm_head reads that
+    # very table: one copy of the vocabulary matrix, at half fp32's bytes.
+    table = layers["model.embed_tokens"].weight
+    assert table.dtype == dtype and torch.equal(table, stored["model.embed_tokens.weight"])
+    assert layers["lm_head"].qweight.data_ptr() == table.data_ptr()
 
     prompts = [{"prompt_token_ids": list(range(100, 100 + n))} for n in (9, 4)]
     params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)

@@ -17,7 +17,12 @@ import torch
 from tritium.engine.config import EngineArgs, default_cpu_kv_bytes
 from tritium.engine.decode_kv import DecodeKV
 from tritium.engine.layers.attention import AttentionMetadata, PrefillChunk
-from tritium.engine.layers.linear import quantize_as_loaded, weight_formats
+from tritium.engine.layers.linear import (
+    embedding_formats,
+    quantize_as_loaded,
+    store_embeddings,
+    weight_formats,
+)
 from tritium.engine.layers.sampler import Sampler, SamplingMetadata
 from tritium.engine.loader import prepared as prepared_weights
 from tritium.engine.loader.prepared import PreparedWeights
@@ -67,6 +72,8 @@ class ModelRunner:
         finally:
             torch.set_default_dtype(default_dtype)
         plan = {} if quantization is None else weight_formats(self.model, quantization)
+        if quantization is not None:
+            store_embeddings(self.model, embedding_formats(self.model, quantization))
         if prepared is None or not prepared_weights.worth_caching(self.model, plan):
             self.model.load_weights(quantize_as_loaded(self.model, plan, weights))
         elif not prepared.load(self.model, plan):

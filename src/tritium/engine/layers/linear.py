@@ -152,6 +152,31 @@ def weight_formats(model: nn.Module, formats: str | Mapping[str, str]) -> dict[s
     return plan
 
 
+def embedding_formats(model: nn.Module, formats: str | Mapping[str, str]) -> dict[str, str]:
+    """The embedding tables of `model` that keep 16-bit storage, with their format ("bf16",
+    "fp16"): where `formats` (as for `weight_formats`) gives their checkpoint tensor one.
+    The rows a step looks up are widened to the compute dtype, which is exact; q4 and int8
+    tables stay in the compute dtype (a GGUF file's quantized table is not in their
+    layout, so it would not come back exact)."""
+    plan = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Embedding):
+            fmt = formats if isinstance(formats, str) else formats.get(f"{name}.weight")
+            if fmt in HALF_FORMATS:
+                plan[name] = fmt
+    return plan
+
+
+def store_embeddings(model: nn.Module, plan: Mapping[str, str]) -> None:
+    """Give the embedding tables of `plan` (from `embedding_formats`) their 16-bit storage,
+    before the weights are loaded. The Parameter object stays, so a tied lm_head shares
+    the table (and, put in the same format, takes it without a copy)."""
+    modules = dict(model.named_modules())
+    for name, fmt in plan.items():
+        weight = modules[name].weight
+        weight.data = torch.empty(weight.shape, dtype=HALF_FORMATS[fmt], device=weight.device)
+
+
 def quantize_linears(model: nn.Module, formats: str | Mapping[str, str]) -> Counter[str]:
     """Put the Linear layers of `model` in their `weight_formats` now; returns how many
     took each format."""

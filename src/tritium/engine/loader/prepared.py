@@ -38,7 +38,7 @@ from tritium.engine.loader.checkpoint import Checkpoint, file_identity
 logger = logging.getLogger(__name__)
 
 #: Bump when what a prepared folder holds changes (a kernel's weight layout, a new format).
-PREPARED_VERSION = 1
+PREPARED_VERSION = 2
 
 #: Formats worth caching: computing them costs a pass over every weight. Plain and 16-bit
 #: weights load as fast from the checkpoint itself, so copying them would only cost disk.
@@ -51,6 +51,10 @@ MIN_CACHED_WEIGHTS = 32_000_000
 #: Shard size of an entry: safetensors copies a shard's tensors into one buffer to write
 #: it, and those copies add to the start's peak memory.
 SHARD_BYTES = 256 * 1024**2
+
+#: An entry's record of tensors that share another's storage (a tied lm_head's 16-bit
+#: copy is the embedding table itself): name -> the name written.
+ALIASES = "aliases.json"
 
 
 @dataclass(frozen=True)
@@ -89,14 +93,17 @@ class PreparedWeights:
         try:
             with atomic_folder(self.folder, self.marker) as tmp:
                 writer = ShardWriter(tmp, SHARD_BYTES)
-                seen = set()
+                owners: dict[tuple, str] = {}
+                aliases: dict[str, str] = {}
                 for name, tensor in model.state_dict().items():
                     identity = (tensor.data_ptr(), tensor.shape, tensor.dtype)
-                    if identity in seen:
-                        continue  # a tied weight: its first owner carries it
-                    seen.add(identity)
+                    if identity in owners:  # tied: one copy, as in the model
+                        aliases[name] = owners[identity]
+                        continue
+                    owners[identity] = name
                     writer.add(name, tensor)
                 writer.close()
+                (tmp / ALIASES).write_text(json.dumps(aliases, indent=1) + "\n")
         except OSError as exc:
             logger.warning("could not cache prepared weights in %s: %s", self.folder, exc)
             return
@@ -163,6 +170,8 @@ def _read(folder: Path) -> dict[str, torch.Tensor]:
         with safe_open(str(path), framework="pt") as f:
             for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
                 state[name] = f.get_tensor(name)
+    for name, owner in json.loads((folder / ALIASES).read_text()).items():
+        state[name] = state[owner]
     return state
 
 
@@ -170,7 +179,7 @@ def _assign(model: nn.Module, plan: Mapping[str, str], state: dict[str, torch.Te
     """Check that ``state`` is exactly what ``model`` with ``plan`` holds, then take it in:
     nothing is changed when it is not."""
     compact = {f"{name}.weight" for name in plan}
-    params = {n: p for n, p in model.named_parameters() if n not in compact}  # ties once
+    params = {n: p for n, p in model.named_parameters(remove_duplicate=False) if n not in compact}
     expected = set(params)
     for name, fmt in plan.items():
         expected.add(f"{name}.qweight")

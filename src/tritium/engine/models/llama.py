@@ -183,7 +183,9 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     def __init__(self, config, arch: str, max_positions: int) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        # Uninitialised, as Linear is: the table always comes from the checkpoint.
+        table = torch.empty(config.vocab_size, config.hidden_size)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, _weight=table)
         self.layers = nn.ModuleList(
             LlamaDecoderLayer(config, arch, w) for w in layer_sliding_windows(config, arch)
         )
@@ -197,7 +199,8 @@ class LlamaModel(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
     ) -> torch.Tensor:
-        x = self.embed_tokens(input_ids)
+        # A CPU model may keep its table in 16 bits (linear.embedding_formats).
+        x = self.embed_tokens(input_ids).to(self.norm.weight.dtype)
         rope = self.rotary_emb(positions, x.dtype)  # once per step, shared by every layer
         if (
             isinstance(meta, AttentionMetadata)  # not the Triton step's PagedMetadata
