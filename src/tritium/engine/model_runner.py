@@ -24,8 +24,7 @@ from tritium.engine.layers.linear import (
     weight_formats,
 )
 from tritium.engine.layers.sampler import Sampler, SamplingMetadata
-from tritium.engine.loader import prepared as prepared_weights
-from tritium.engine.loader.prepared import PreparedWeights
+from tritium.engine.loader.prepared import PreparedWeights, worth_caching
 from tritium.engine.models import build_model
 from tritium.engine.scheduler import SchedulerOutput
 from tritium.engine.sequence import Sequence
@@ -51,9 +50,9 @@ class ModelRunner:
         weights,
         max_model_len: int,
         quantization: str | dict[str, str] | None = None,
-        prepared: PreparedWeights | None = None,
+        cached: PreparedWeights | None = None,
     ) -> None:
-        """`prepared`: the cache entry of these weights in `quantization`'s formats
+        """`cached`: the cache entry of these weights in `quantization`'s formats
         (loader/prepared.py), read instead of `weights` when it exists, written when not
         (for formats worth it); None loads from `weights` alone."""
         self.device = args.resolved_device()
@@ -74,11 +73,11 @@ class ModelRunner:
         plan = {} if quantization is None else weight_formats(self.model, quantization)
         if quantization is not None:
             store_embeddings(self.model, embedding_formats(self.model, quantization))
-        if prepared is None or not prepared_weights.worth_caching(self.model, plan):
+        if cached is None or not worth_caching(self.model, plan):
             self.model.load_weights(quantize_as_loaded(self.model, plan, weights))
-        elif not prepared.load(self.model, plan):
+        elif not cached.load(self.model, plan):
             self.model.load_weights(quantize_as_loaded(self.model, plan, weights))
-            prepared.save(self.model)
+            cached.save(self.model)
         #: How the linear layers' weights are stored, e.g. "q4 x210, int8 x1"; None: dtype.
         counts = sorted(Counter(plan.values()).items())
         self.quantization = ", ".join(f"{k} x{n}" for k, n in counts) or None
