@@ -35,6 +35,7 @@ CASES: dict[str, tuple[str, dict]] = {
     "smollm2-folder-fp32": ("folder", {"quantization": "none"}),
     "llama-3.2-1b-folder-q4-first": ("folder-1b", {"quantization": "q4"}),
     "llama-3.2-1b-folder-q4": ("folder-1b", {"quantization": "q4"}),
+    "llama-3.2-1b-folder-bf16": ("folder-1b", {}),
     "llama-3.2-1b-q4": ("llama-3.2-1b", {"load_format": "dummy", "quantization": "q4"}),
     "llama-3.2-1b-bf16": ("llama-3.2-1b", {"load_format": "dummy", "quantization": "bf16"}),
     "llama-3.2-1b-fp32": ("llama-3.2-1b", {"load_format": "dummy", "dtype": "float32"}),
