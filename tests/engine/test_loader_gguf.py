@@ -388,6 +388,30 @@ def test_gguf_bf16_and_float32_conversions_are_cached_separately(tmp_path, tiny_
     )
 
 
+def test_file_weights_stream_what_the_conversion_writes(tmp_path, tiny_llama, cache_dir):
+    """convert_gguf=False: config and tokenizer come from a folder without weights, and the
+    weights stream from the file, equal to what the converted folder holds."""
+    path = tmp_path / "tiny.gguf"
+    write_gguf(path, "llama", tiny_llama, Q.Q4_1)
+    streamed = load_checkpoint(str(path), dtype=torch.float32, progress=False, convert_gguf=False)
+    assert streamed.load_format == "gguf" and streamed.gguf_file == path.resolve()
+    assert not list(streamed.model_dir.glob("*.safetensors"))
+    assert not converted_folder(path, torch.float32).exists()  # nothing converted yet
+    full = load_checkpoint(str(path), dtype=torch.float32, progress=False)
+    ours = dict(streamed.weights())
+    theirs = dict(full.weights())
+    assert ours.keys() == theirs.keys()
+    for name, tensor in theirs.items():
+        assert torch.equal(ours[name], tensor), name
+    text = "hello world, hello tokens"
+    assert streamed.tokenizer.encode(text) == full.tokenizer.encode(text)
+    config, full_config = streamed.hf_config.to_dict(), full.hf_config.to_dict()
+    assert config.pop("_name_or_path") != full_config.pop("_name_or_path")
+    assert config == full_config
+    assert streamed.converted().model_dir == full.model_dir
+    assert streamed.converted().load_format == "safetensors"
+
+
 def test_tensor_types_are_read_once_per_file(tmp_path, tiny_llama, cache_dir, monkeypatch):
     """Every start asks for the file's tensor types; only the first one parses the header."""
     path = tmp_path / "tiny.gguf"

@@ -210,3 +210,34 @@ def test_small_models_are_not_worth_an_entry(tmp_path, model_dir, monkeypatch) -
     monkeypatch.setenv("TRITIUM_CACHE_DIR", str(tmp_path / "cache"))
     LLM(str(model_dir), dtype="float32", quantization="q4")  # ~3M weights: under the floor
     assert entries(tmp_path / "cache") == []
+
+
+def test_a_quantized_gguf_runs_from_the_file_and_never_writes_full_precision(
+    tmp_path, cache_dir, monkeypatch
+) -> None:
+    """A Q4_1 file on CPU: the first start streams its weights from the file into q4 and
+    caches that; no dequantized copy is written. Plain weights ("none") still come from a
+    conversion made once."""
+    from test_loader_gguf import Q, tiny_config, tiny_model, write_gguf
+
+    from tritium.engine.loader import gguf
+
+    path = tmp_path / "tiny.gguf"
+    write_gguf(path, "llama", tiny_model(tiny_config("llama")), Q.Q4_1)
+    first = LLM(str(path), dtype="float32")
+    assert "q4" in first.engine_core.runner.quantization
+    expected = token_ids(first)
+    assert not list((cache_dir / "gguf").rglob("*.safetensors"))
+    assert len(entries(cache_dir)) == 1
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("read the GGUF weights again")
+        yield
+
+    with monkeypatch.context() as mp:
+        mp.setattr(gguf, "iter_file_weights", refuse)
+        assert token_ids(LLM(str(path), dtype="float32")) == expected
+
+    plain = LLM(str(path), dtype="float32", quantization="none")
+    assert plain.engine_core.runner.quantization is None
+    assert list((cache_dir / "gguf").rglob("model.safetensors"))

@@ -67,6 +67,7 @@ def load_engine_checkpoint(args: EngineArgs, progress: bool = True) -> Checkpoin
         progress=progress,
         tokenizer=args.tokenizer,
         seed=args.seed,
+        convert_gguf=False,  # EngineCore converts only when the run does not cache its own
     )
 
 
@@ -116,6 +117,11 @@ class EngineCore:
             getattr(cfg, "max_position_embeddings", DEFAULT_MAX_MODEL_LEN), DEFAULT_MAX_MODEL_LEN
         )
         quantization = resolve_quantization(args, ckpt)
+        if quantization is None:
+            # Weights in plain dtype are read from a GGUF file's conversion, made once. With
+            # CPU formats they stream from the file: what they become is cached instead
+            # (prepared weights), so no full-precision copy is ever written.
+            ckpt = ckpt.converted()
         cached = None if quantization is None else prepared.for_checkpoint(ckpt, quantization)
         self.runner = ModelRunner(args, cfg, ckpt.weights(), max_len, quantization, cached)
         # One sequence must always fit in the pool, or it would preempt itself forever.

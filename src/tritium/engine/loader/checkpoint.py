@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Iterator
@@ -57,10 +58,11 @@ class Checkpoint:
     generation_config: dict[str, Any]
     dtype: torch.dtype
     load_format: str
-    """How weights are read: ``"safetensors"``, ``"pt"`` or ``"dummy"``."""
+    """How weights are read: ``"safetensors"``, ``"pt"``, ``"dummy"``, or ``"gguf"``
+    (dequantized from `gguf_file` as they stream; `model_dir` holds no weights)."""
     weight_files: list[Path] = field(default_factory=list)
     gguf_file: Path | None = None
-    """The GGUF file the folder was converted from, if any."""
+    """The GGUF file the model comes from, if any."""
     seed: int = 0
     progress: bool = False
 
@@ -75,7 +77,17 @@ class Checkpoint:
         them must key on); None for dummy weights, which no file holds."""
         if self.load_format == "dummy":
             return None
-        return [file_identity(path) for path in self.weight_files]
+        files = [self.gguf_file] if self.load_format == "gguf" else self.weight_files
+        return [file_identity(path) for path in files if path is not None]
+
+    def converted(self) -> Checkpoint:
+        """This checkpoint read from a converted folder: for a GGUF file streamed as is,
+        its conversion in ``dtype`` (made once, cached); any other is returned as is."""
+        if self.load_format != "gguf" or self.gguf_file is None:
+            return self
+        folder = gguf.convert(self.gguf_file, self.dtype, self.progress)
+        files, fmt = find_weight_files(folder, "auto")
+        return dataclasses.replace(self, model_dir=folder, load_format=fmt, weight_files=files)
 
     def weights(
         self, device: torch.device | str | None = None
@@ -87,7 +99,13 @@ class Checkpoint:
         """
         if self.load_format == "dummy":
             return iter_dummy_weights(self.hf_config, self.dtype, self.seed, device)
-        stream = iter_weights(self.weight_files, self.load_format, self.dtype, self.progress)
+        if self.load_format == "gguf":
+            assert self.gguf_file is not None
+            stream = gguf.iter_file_weights(
+                self.gguf_file, self.hf_config, self.dtype, self.progress
+            )
+        else:
+            stream = iter_weights(self.weight_files, self.load_format, self.dtype, self.progress)
         if device is None:
             return stream
         return ((name, tensor.to(device)) for name, tensor in stream)
@@ -110,6 +128,7 @@ def load_checkpoint(
     progress: bool = True,
     tokenizer: str | None = None,
     seed: int = 0,
+    convert_gguf: bool = True,
 ) -> Checkpoint:
     """Find a model and prepare its config, tokenizer and weight stream.
 
@@ -118,7 +137,10 @@ def load_checkpoint(
     (converted once into Tritium's cache), ``"smollm2"`` or ``""`` for the default model, or
     with ``load_format="dummy"`` also a ``config.json`` path or a name from ``DUMMY_CONFIGS``.
     ``tokenizer`` overrides where the tokenizer comes from (folder, Hub id, ``.gguf``).
-    ``seed`` seeds dummy weights.
+    ``seed`` seeds dummy weights. ``convert_gguf=False`` converts only a ``.gguf`` file's
+    config and tokenizer: its weights then stream from the file itself (``load_format``
+    ``"gguf"``), for a run that caches what it makes of them; `Checkpoint.converted` gets
+    the converted folder later if it is needed after all.
     """
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"unknown load_format {load_format!r}; expected one of {LOAD_FORMATS}")
@@ -127,13 +149,20 @@ def load_checkpoint(
     if load_format == "dummy":
         return _load_dummy(model, revision, dtype, progress, tokenizer, seed)
 
-    folder, gguf_file = _resolve(model, revision, dtype, progress, weights=True)
+    folder, gguf_file = _resolve(
+        model, revision, dtype, progress, weights=True, convert_gguf=convert_gguf
+    )
     if load_format == "gguf" and gguf_file is None:
         raise ValueError(f"load_format='gguf' but {model!r} is not a .gguf file")
     if gguf_file is not None and load_format in ("safetensors", "pt"):
         raise ValueError(f"load_format={load_format!r} but {model!r} is a GGUF file")
     hf_config = load_config(folder)
-    files, fmt = find_weight_files(folder, "auto" if load_format == "gguf" else load_format)
+    if gguf_file is not None and not convert_gguf:
+        files: list[Path] = []
+        fmt = "gguf"
+        hf_config.dtype = dtype  # the folder's config serves every dtype
+    else:
+        files, fmt = find_weight_files(folder, "auto" if load_format == "gguf" else load_format)
     generation_config = load_generation_config(folder)
     tok = _resolve_tokenizer(tokenizer, progress) if tokenizer else load_tokenizer(folder)
     return Checkpoint(
@@ -167,7 +196,7 @@ def _load_dummy(
         path = Path(name).expanduser()
         folder, hf_config = path.parent, _config_from_json(path)
     else:
-        folder, _ = _resolve(model, revision, dtype, progress, weights=False)
+        folder, _ = _resolve(model, revision, dtype, progress, weights=False, convert_gguf=False)
         hf_config = load_config(folder)
     generation_config = load_generation_config(folder)
     if tokenizer:
@@ -240,13 +269,23 @@ def gguf_source(model: str, revision: str | None = None) -> Path | None:
 
 
 def _resolve(
-    model: str, revision: str | None, dtype: torch.dtype, progress: bool, *, weights: bool
+    model: str,
+    revision: str | None,
+    dtype: torch.dtype,
+    progress: bool,
+    *,
+    weights: bool,
+    convert_gguf: bool,
 ) -> tuple[Path, Path | None]:
-    """The local HF folder for ``model``, and the GGUF file it was converted from, if any."""
+    """The local HF folder for ``model``, and the GGUF file it comes from, if any (the
+    folder is then its conversion, or with ``convert_gguf=False`` its config and tokenizer
+    alone)."""
     located = _locate(model, revision, progress, weights=weights)
-    if located.is_file():
+    if not located.is_file():
+        return located, None
+    if convert_gguf:
         return gguf.convert(located, dtype, progress), located
-    return located, None
+    return gguf.metadata_folder(located, progress), located
 
 
 def _resolve_tokenizer(source: str, progress: bool) -> PreTrainedTokenizerBase:

@@ -364,17 +364,7 @@ def convert(path: Path, dtype: torch.dtype = torch.bfloat16, progress: bool = Tr
     reader = open_gguf(path)
     meta = read_metadata(reader)
     config = build_config(reader, meta, dtype)
-    st = path.stat()
-    marker = {
-        "source": str(path),
-        "size": st.st_size,
-        "mtime_ns": st.st_mtime_ns,
-        "dtype": str(dtype).removeprefix("torch."),
-        "format_version": FORMAT_VERSION,
-        "architecture": meta.get("general.architecture"),
-        "name": meta.get("general.name"),
-    }
-    with atomic_folder(final, marker) as tmp:
+    with atomic_folder(final, _marker(path, meta, str(dtype).removeprefix("torch."))) as tmp:
         config.save_pretrained(str(tmp))
         (tmp / "generation_config.json").write_text(
             json.dumps(generation_config(meta), indent=2) + "\n"
@@ -388,15 +378,57 @@ def convert(path: Path, dtype: torch.dtype = torch.bfloat16, progress: bool = Tr
     return final
 
 
-def tokenizer_folder(path: Path, progress: bool = True) -> Path:
-    """A converted folder of ``path`` for its tokenizer: any dtype's conversion that exists
-    (tokenizer files do not depend on dtype), else a new bfloat16 one."""
+def metadata_folder(path: Path, progress: bool = True) -> Path:
+    """A cached folder with ``path``'s config.json, generation_config.json and tokenizer
+    files but no weights, for a run that reads them from the file itself
+    (`iter_file_weights`). A full conversion of any dtype, where one exists, serves."""
     path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"GGUF file not found: {path}")
     for dtype in (torch.bfloat16, torch.float32, torch.float16):
         folder = converted_folder(path, dtype)
         if is_complete(folder):
             return folder
-    return convert(path, torch.bfloat16, progress)
+    final = cache_root() / "gguf" / f"{file_key(path)}-meta-v{FORMAT_VERSION}"
+    if is_complete(final):
+        return final
+    reader = open_gguf(path)
+    meta = read_metadata(reader)
+    config = build_config(reader, meta, torch.bfloat16)
+    del reader
+    with atomic_folder(final, _marker(path, meta, None)) as tmp:
+        config.save_pretrained(str(tmp))
+        (tmp / "generation_config.json").write_text(
+            json.dumps(generation_config(meta), indent=2) + "\n"
+        )
+        _save_tokenizer(path, tmp)
+    return final
+
+
+def iter_file_weights(
+    path: Path, config: PretrainedConfig, dtype: torch.dtype, progress: bool = True
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """`iter_weights` straight from the file (opened when the stream is first read), for a
+    run that caches what it makes of them: no converted copy is written."""
+    yield from iter_weights(open_gguf(path), config, dtype, progress)
+
+
+def _marker(path: Path, meta: dict[str, Any], dtype: str | None) -> dict[str, Any]:
+    st = path.stat()
+    return {
+        "source": str(path),
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "dtype": dtype,
+        "format_version": FORMAT_VERSION,
+        "architecture": meta.get("general.architecture"),
+        "name": meta.get("general.name"),
+    }
+
+
+def tokenizer_folder(path: Path, progress: bool = True) -> Path:
+    """A folder with the tokenizer of ``path`` (tokenizer files do not depend on dtype)."""
+    return metadata_folder(path, progress)
 
 
 def _save_tokenizer(path: Path, folder: Path) -> None:

@@ -26,6 +26,7 @@ from safetensors import safe_open
 from torch import nn
 
 from tritium.engine.layers.linear import HALF_FORMATS, Linear
+from tritium.engine.loader import gguf
 from tritium.engine.loader.cache import (
     ShardWriter,
     atomic_folder,
@@ -120,7 +121,11 @@ def for_checkpoint(
         return None
     formats = quantization if isinstance(quantization, str) else dict(sorted(quantization.items()))
     dtype = str(ckpt.dtype).removeprefix("torch.")
-    text = json.dumps([source, ckpt.hf_config.to_json_string(), dtype, formats, PREPARED_VERSION])
+    # What a GGUF file's weights dequantize to is the converter's, so it versions them too.
+    version = [PREPARED_VERSION, gguf.FORMAT_VERSION if ckpt.load_format == "gguf" else None]
+    config = ckpt.hf_config.to_dict()
+    config.pop("_name_or_path", None)  # where it was read from is not what it says
+    text = json.dumps([source, config, dtype, formats, version], sort_keys=True, default=str)
     folder = cache_root() / "prepared" / hashlib.sha256(text.encode()).hexdigest()[:20]
     marker = {"model": ckpt.model, "source": source, "dtype": dtype, "version": PREPARED_VERSION}
     return PreparedWeights(folder, marker)
