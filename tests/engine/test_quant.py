@@ -120,6 +120,36 @@ def test_q4_keeps_q4_1_weights_exactly_and_rounds_others_within_half_a_step() ->
     assert bool(((quant_kernel.dequantize_q4(codes, dm) - other).abs() <= step / 2 + 3e-3).all())
 
 
+@pytest.mark.parametrize("grid", ["q4_0", "q4_k_like"])
+def test_q4_keeps_the_codes_of_blocks_on_a_coarser_4_bit_grid(grid: str) -> None:
+    """Q4_0 blocks (scale from the largest magnitude, codes rarely reaching both 0 and 15)
+    and Q4_K-like ones (any step and minimum, codes inside 0..15) keep every code: only the
+    fp16 rounding of d and m is left, where spanning them in 15 steps rounds each code
+    again by up to half a step."""
+    import gguf as gguf_py
+
+    torch.manual_seed(0)
+    if grid == "q4_0":
+        x = (torch.randn(64, 256) * 0.02).numpy()
+        qtype = gguf_py.GGMLQuantizationType.Q4_0
+        w = torch.from_numpy(gguf_py.quants.dequantize(gguf_py.quants.quantize(x, qtype), qtype))
+        w = w.reshape(64, 256)
+    else:
+        step = torch.rand(64, 8) * 0.01 + 1e-3  # not fp16 values: the rounding is ours
+        low = -torch.rand(64, 8) * 0.1
+        q = torch.randint(2, 14, (64, 8, 32)).float()
+        q[..., 0], q[..., 1] = q[..., 0].clamp(max=4), q[..., 1].clamp(min=11)
+        w = (q * step[..., None] + low[..., None]).reshape(64, 256)
+    codes, dm = quant_kernel.quantize_weight_q4(w)
+    err = (quant_kernel.dequantize_q4(codes, dm) - w).abs().reshape(64, 8, 32)
+    blocks = w.reshape(64, 8, 32)
+    true_step = (blocks.amax(-1) - blocks.amin(-1)) / 15  # at least the grid's step / 15
+    # fp16 rounding of m (|m| * 2^-11) and of d, times at most 15 codes
+    bound = blocks.abs().amax(-1) * 2**-10 + dm[..., 0].float().abs() * 15 * 2**-10 + 1e-7
+    assert bool((err.amax(-1) <= bound).all())
+    assert bool((err.amax(-1) < true_step / 8).all())  # far inside the 15-step rounding
+
+
 def test_quantize_rejects_what_the_kernels_cannot_run() -> None:
     with pytest.raises(ValueError, match="in_features % 8"):
         random_linear(12, 4).quantize("int8")
@@ -408,6 +438,30 @@ def test_a_16_bit_gguf_keeps_its_weights_under_fp32_math(tmp_path, monkeypatch, 
     out = llm.generate(["hello world"], SamplingParams(temperature=0, max_tokens=5))
     assert len(out[0].outputs[0].token_ids) == 5
     assert_pool_free(llm)
+
+
+def test_a_q4_0_gguf_runs_on_its_own_codes(tmp_path, monkeypatch) -> None:
+    """The engine's q4 weights of a Q4_0 file are the file's blocks, up to fp16 rounding of
+    each block's minimum: the packed q/k/v and gate/up included."""
+    from test_loader_gguf import Q, tiny_config, tiny_model, write_gguf
+
+    monkeypatch.setenv("TRITIUM_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "tiny-q4_0.gguf"
+    write_gguf(path, "llama", tiny_model(tiny_config("llama")), Q.Q4_0)
+    llm = LLM(str(path), dtype="float32")
+    layers = dict(llm.engine_core.runner.model.named_modules())
+    file_weights = dict(load_checkpoint(str(path), dtype=torch.float32, progress=False).weights())
+    packed = {
+        "self_attn.qkv_proj": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+        "mlp.gate_up_proj": ["mlp.gate_proj", "mlp.up_proj"],
+        "mlp.down_proj": ["mlp.down_proj"],
+    }
+    for layer, parts in packed.items():
+        linear = layers[f"model.layers.1.{layer}"]
+        assert linear.quant == "q4"
+        expected = torch.cat([file_weights[f"model.layers.1.{p}.weight"] for p in parts])
+        err = (linear.dequantized_weight() - expected).abs().max()
+        assert err <= expected.abs().max() * 2**-10, (layer, float(err))
 
 
 def test_each_layer_takes_its_format_as_soon_as_its_weights_are_in(tiny_model_dirs) -> None:

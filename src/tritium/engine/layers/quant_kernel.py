@@ -65,21 +65,74 @@ def quantize_weight_q4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
     Returns (codes [N, K / 2] uint8, dm [N, K / 32, 2] fp16). Weights that came from a Q4_1
     GGUF come back exactly: each of their blocks holds its own minimum and maximum codes.
+    Blocks already on a coarser 4-bit grid (Q4_0, Q4_K) keep their codes too, with their
+    own step as d (`_grid_steps`): only the fp16 rounding of d and m remains.
     """
     return _by_rows(weight, _q4_rows)
+
+
+#: Rows of a weight `_q4_rows` looks at to tell whether its blocks lie on a 4-bit grid.
+_GRID_PROBE_ROWS = 8
 
 
 def _q4_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     n, k = weight.shape
     w = weight.detach().float().reshape(n, k // Q4_BLOCK, Q4_BLOCK)
     lo, hi = w.amin(dim=-1), w.amax(dim=-1)
-    d = ((hi - lo) / 15.0).half()
+    # Whether a weight came off a coarser 4-bit grid shows in any few rows: only then is
+    # the search over every block worth its time (it triples the cost of quantizing).
+    head = slice(0, _GRID_PROBE_ROWS)
+    if (_grid_steps(w[head], lo[head], hi[head]) < 15).any():
+        d = ((hi - lo) / _grid_steps(w, lo, hi)).half()
+    else:
+        d = ((hi - lo) / 15.0).half()
     m = lo.half()
     # Codes from the fp16 d and m the kernel will use, so rounding happens once.
     inv = torch.where(d.float() > 0, 1.0 / d.float(), torch.zeros_like(lo))
     q = torch.round((w - m.float()[..., None]) * inv[..., None]).clamp_(0, 15).to(torch.uint8)
     codes = q[..., :16] | (q[..., 16:] << 4)
     return codes.reshape(n, k // 2).contiguous(), torch.stack((d, m), dim=-1).contiguous()
+
+
+def _grid_steps(w: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Per block of `w` [..., 32], the number of steps d that span it: 15 in general,
+    fewer for a block already on a 4-bit grid ``lo + d * c`` whose integer codes c do not
+    reach both 0 and 15. That is how Q4_0 blocks (scale from the largest magnitude alone)
+    and Q4_K sub-blocks (a 6-bit scale and min each) dequantize; spanning them in 15 steps
+    would round every code again (up to d / 2 off), their own step keeps each code."""
+    steps = torch.full_like(lo, 15.0)
+    todo = torch.ones_like(lo, dtype=torch.bool)
+    # Candidate grid steps, each tried on the blocks the ones before did not fit: Q4_0's,
+    # whose largest magnitude is code 0 of step d (the value -8d); then the gap from either
+    # extreme to its nearest value (Q4_K and other grids, when a neighbour code of an
+    # extreme is there, as it nearly always is among 32 values).
+    for candidate in (_q4_0_step, _neighbour_step):
+        where = todo.nonzero(as_tuple=True)
+        if where[0].numel() == 0:
+            break
+        blocks, low, high = w[where], lo[where], hi[where]
+        span = high - low
+        n = torch.round(span / candidate(blocks, low, high))
+        codes = (blocks - low[:, None]).mul_((n / span)[:, None])
+        off_grid = codes.sub_(codes.round()).abs_().amax(dim=-1)  # in place: big temporaries
+        fits = (n >= 1) & (n < 15) & (off_grid < 1e-3)
+        steps[where] = torch.where(fits, n, steps[where])
+        todo[where] = ~fits
+    return steps
+
+
+def _q4_0_step(blocks: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    return torch.maximum(low.abs(), high.abs()) / 8
+
+
+def _neighbour_step(blocks: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    tol = (high - low)[:, None] * 1e-4
+    inf = torch.full_like(blocks, torch.inf)
+    above, below = blocks - low[:, None], high[:, None] - blocks
+    return torch.minimum(
+        torch.where(above > tol, above, inf).amin(dim=-1),
+        torch.where(below > tol, below, inf).amin(dim=-1),
+    )
 
 
 def dequantize_q4(codes: torch.Tensor, dm: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,7 @@ from tritium.engine.loader.checkpoint import Checkpoint, file_identity
 logger = logging.getLogger(__name__)
 
 #: Bump when what a prepared folder holds changes (a kernel's weight layout, a new format).
-PREPARED_VERSION = 2
+PREPARED_VERSION = 3
 
 #: Formats worth caching: computing them costs a pass over every weight. Plain and 16-bit
 #: weights load as fast from the checkpoint itself, so copying them would only cost disk.
