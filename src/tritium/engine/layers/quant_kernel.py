@@ -115,7 +115,7 @@ def _grid_steps(w: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Te
         n = torch.round(span / candidate(blocks, low, high))
         codes = (blocks - low[:, None]).mul_((n / span)[:, None])
         off_grid = codes.sub_(codes.round()).abs_().amax(dim=-1)  # in place: big temporaries
-        fits = (n >= 1) & (n < 15) & (off_grid < 1e-3)
+        fits = (n >= 1) & (n <= 15) & (off_grid < 1e-3)
         steps[where] = torch.where(fits, n, steps[where])
         todo[where] = ~fits
     return steps
