@@ -388,18 +388,24 @@ def test_gguf_bf16_and_float32_conversions_are_cached_separately(tmp_path, tiny_
     )
 
 
-def test_file_weights_stream_what_the_conversion_writes(tmp_path, tiny_llama, cache_dir):
+@pytest.mark.parametrize("qtype", list(TOLERANCE), ids=lambda q: q.name)
+def test_file_weights_stream_what_the_conversion_writes(
+    tmp_path, tiny_llama, cache_dir, qtype, monkeypatch
+):
     """convert_gguf=False: config and tokenizer come from a folder without weights, and the
-    weights stream from the file, equal to what the converted folder holds."""
+    weights stream from the file (found through the cached tensor index, without gguf's
+    reader), equal to what the converted folder holds."""
     path = tmp_path / "tiny.gguf"
-    write_gguf(path, "llama", tiny_llama, Q.Q4_1)
+    write_gguf(path, "llama", tiny_llama, qtype)
     streamed = load_checkpoint(str(path), dtype=torch.float32, progress=False, convert_gguf=False)
     assert streamed.load_format == "gguf" and streamed.gguf_file == path.resolve()
     assert not list(streamed.model_dir.glob("*.safetensors"))
     assert not converted_folder(path, torch.float32).exists()  # nothing converted yet
     full = load_checkpoint(str(path), dtype=torch.float32, progress=False)
-    ours = dict(streamed.weights())
     theirs = dict(full.weights())
+    with monkeypatch.context() as mp:
+        mp.setattr(gguf_loader, "open_gguf", lambda path: pytest.fail("parsed the header again"))
+        ours = dict(streamed.weights())
     assert ours.keys() == theirs.keys()
     for name, tensor in theirs.items():
         assert torch.equal(ours[name], tensor), name
@@ -433,14 +439,15 @@ def test_tensor_types_are_read_once_per_file(tmp_path, tiny_llama, cache_dir, mo
         with pytest.raises(AssertionError, match="parsed again"):
             gguf_loader.tensor_types(path)
     # A damaged record is read again from the file.
-    record = cache_dir / "gguf" / f"{gguf_loader.file_key(path)}.tensor-types.json"
-    record.write_text('{"blk.0.attn_q.weight": ')
+    record = cache_dir / "gguf" / f"{gguf_loader.file_key(path)}.tensors.json"
+    record.write_text('[{"name": "blk.0.attn_q.weight", ')
     assert gguf_loader.tensor_types(path) == types
-    assert json.loads(record.read_text()) == types
+    rows = json.loads(record.read_text())
+    assert {row["name"]: row["type"] for row in rows} == types
 
 
 def test_interrupted_conversion_leaves_no_cache_entry(tmp_path, cache_dir):
-    """A GGUF file whose tensors cannot be mapped fails mid-conversion: nothing is cached."""
+    """A GGUF file whose tensors cannot be mapped fails mid-conversion: no folder is left."""
     path = tmp_path / "odd.gguf"
     writer = gguf.GGUFWriter(str(path), "llama")
     for key, value in [("embedding_length", 32), ("block_count", 1), ("feed_forward_length", 64)]:
@@ -452,10 +459,14 @@ def test_interrupted_conversion_leaves_no_cache_entry(tmp_path, cache_dir):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    before = set((cache_dir / "gguf").iterdir()) if (cache_dir / "gguf").exists() else set()
+    def folders() -> set[Path]:  # conversions (the file's tensor index may be recorded)
+        root = cache_dir / "gguf"
+        return {p for p in root.iterdir() if p.is_dir()} if root.exists() else set()
+
+    before = folders()
     with pytest.raises(ValueError, match="ffn_gate_exps"):
         load_checkpoint(str(path), progress=False)
-    assert set((cache_dir / "gguf").iterdir()) == before
+    assert folders() == before
 
 
 def test_stale_temp_folders_of_dead_conversions_are_removed(tmp_path, tiny_llama, cache_dir):

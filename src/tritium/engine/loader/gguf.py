@@ -16,7 +16,8 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -244,26 +245,80 @@ def dequantize(tensor: Any) -> torch.Tensor:
     return torch.from_numpy(array).reshape(shape)
 
 
-def tensor_types(path: Path) -> dict[str, str]:
-    """The GGUF type name (``"Q4_1"``, ``"F32"``, ...) of every tensor in ``path``, by
-    GGUF tensor name.
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor of a GGUF file is and what it holds: all that reading it takes."""
+
+    name: str
+    type_name: str
+    dims: tuple[int, ...]
+    """GGUF order: the innermost (row) length first."""
+    data_offset: int
+    """Bytes from the start of the file."""
+
+
+class MappedTensor:
+    """A `TensorInfo` over the file's memory map, with the attributes `dequantize` reads
+    (those of gguf's ReaderTensor)."""
+
+    def __init__(self, info: TensorInfo, file: np.ndarray) -> None:
+        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+        self.name = info.name
+        self.tensor_type = GGMLQuantizationType[info.type_name]
+        self.shape = np.array(info.dims)
+        np_dims = tuple(reversed(info.dims))
+        count = int(np.prod(info.dims))
+        dtypes = {"F32": np.float32, "F16": np.float16}
+        if info.type_name in dtypes:
+            dtype = np.dtype(dtypes[info.type_name])
+            start = info.data_offset
+            self.data = file[start : start + count * dtype.itemsize].view(dtype).reshape(np_dims)
+        else:  # quantized types (and BF16) are bytes: rows of blocks, as gguf's reader has them
+            block, size = GGML_QUANT_SIZES[self.tensor_type]
+            row_bytes = info.dims[0] // block * size
+            start, nbytes = info.data_offset, count // block * size
+            self.data = file[start : start + nbytes].reshape(*np_dims[:-1], row_bytes)
+
+
+def tensor_index(path: Path) -> list[TensorInfo]:
+    """Every tensor of ``path``: name, type, shape and where its data starts.
 
     Read once per file and remembered beside the conversions in Tritium's cache: gguf's
     reader walks every metadata array on open (the whole vocabulary), which takes seconds,
-    and each start asks for these types before and after converting.
+    and each start asks for these before and after converting, and to stream the weights.
     """
     path = Path(path).expanduser().resolve()
-    record = cache_root() / "gguf" / f"{file_key(path)}.tensor-types.json"
-    with contextlib.suppress(OSError, ValueError):
-        types = json.loads(record.read_text())
-        if isinstance(types, dict):
-            return types
-    types = {t.name: t.tensor_type.name for t in open_gguf(path).tensors}
+    record = cache_root() / "gguf" / f"{file_key(path)}.tensors.json"
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        return [
+            TensorInfo(t["name"], t["type"], tuple(t["dims"]), t["offset"])
+            for t in json.loads(record.read_text())
+        ]
+    return _record_index(path, open_gguf(path))
+
+
+def _record_index(path: Path, reader: Any) -> list[TensorInfo]:
+    """`tensor_index` from an open reader, written to the cache (each parse of the header
+    is recorded, so the next call reads the record instead)."""
+    infos = [
+        TensorInfo(t.name, t.tensor_type.name, tuple(int(d) for d in t.shape), t.data_offset)
+        for t in reader.tensors
+    ]
+    record = cache_root() / "gguf" / f"{file_key(path)}.tensors.json"
     record.parent.mkdir(parents=True, exist_ok=True)
     tmp = record.with_name(f".{record.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(types, indent=1) + "\n")
+    rows = [{"name": t.name, "type": t.type_name, "dims": t.dims, "offset": t.data_offset}
+            for t in infos]  # fmt: skip
+    tmp.write_text(json.dumps(rows, indent=1) + "\n")
     os.replace(tmp, record)  # atomic: a concurrent start reads the old or the new file
-    return types
+    return infos
+
+
+def tensor_types(path: Path) -> dict[str, str]:
+    """The GGUF type name (``"Q4_1"``, ``"F32"``, ...) of every tensor in ``path``, by
+    GGUF tensor name (from `tensor_index`)."""
+    return {t.name: t.type_name for t in tensor_index(path)}
 
 
 #: GGUF types of at most 4 bits per weight, which run as "q4"; wider ones (Q5_*, Q6_K, Q8_*)
@@ -293,13 +348,14 @@ def half_weight_formats(path: Path) -> dict[str, str]:
 
 
 def iter_weights(
-    reader: Any, config: PretrainedConfig, dtype: torch.dtype, progress: bool = True
+    tensors: Iterable[Any], config: PretrainedConfig, dtype: torch.dtype, progress: bool = True
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(hf_name, tensor)`` for every GGUF weight, dequantized, un-permuted, in ``dtype``."""
+    """Yield ``(hf_name, tensor)`` for every GGUF weight of ``tensors`` (a reader's, or
+    `MappedTensor`s), dequantized, un-permuted, in ``dtype``."""
     arch = config.model_type
     permuted = arch in PERMUTED_ARCHITECTURES
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-    tensors = [t for t in reader.tensors if t.name not in _CONFIG_TENSORS]
+    tensors = [t for t in tensors if t.name not in _CONFIG_TENSORS]
     for tensor in tqdm(tensors, desc="Converting GGUF", unit="tensor", disable=not progress):
         name = hf_tensor_name(tensor.name)
         weight = dequantize(tensor)
@@ -362,6 +418,7 @@ def convert(path: Path, dtype: torch.dtype = torch.bfloat16, progress: bool = Tr
         return final
     logger.info("converting %s to a Hugging Face folder in %s (once)", path, final)
     reader = open_gguf(path)
+    _record_index(path, reader)
     meta = read_metadata(reader)
     config = build_config(reader, meta, dtype)
     with atomic_folder(final, _marker(path, meta, str(dtype).removeprefix("torch."))) as tmp:
@@ -370,7 +427,7 @@ def convert(path: Path, dtype: torch.dtype = torch.bfloat16, progress: bool = Tr
             json.dumps(generation_config(meta), indent=2) + "\n"
         )
         writer = ShardWriter(tmp)
-        for name, tensor in iter_weights(reader, config, dtype, progress):
+        for name, tensor in iter_weights(reader.tensors, config, dtype, progress):
             writer.add(name, tensor)
         writer.close()
         del reader  # release the memory map before the (slow) tokenizer pass
@@ -393,6 +450,7 @@ def metadata_folder(path: Path, progress: bool = True) -> Path:
     if is_complete(final):
         return final
     reader = open_gguf(path)
+    _record_index(path, reader)
     meta = read_metadata(reader)
     config = build_config(reader, meta, torch.bfloat16)
     del reader
@@ -408,9 +466,12 @@ def metadata_folder(path: Path, progress: bool = True) -> Path:
 def iter_file_weights(
     path: Path, config: PretrainedConfig, dtype: torch.dtype, progress: bool = True
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """`iter_weights` straight from the file (opened when the stream is first read), for a
-    run that caches what it makes of them: no converted copy is written."""
-    yield from iter_weights(open_gguf(path), config, dtype, progress)
+    """`iter_weights` straight from the file (mapped when the stream is first read, its
+    tensors found through `tensor_index`), for a run that caches what it makes of them: no
+    converted copy is written."""
+    file = np.memmap(path, dtype=np.uint8, mode="r")
+    tensors = [MappedTensor(info, file) for info in tensor_index(path)]
+    yield from iter_weights(tensors, config, dtype, progress)
 
 
 def _marker(path: Path, meta: dict[str, Any], dtype: str | None) -> dict[str, Any]:
