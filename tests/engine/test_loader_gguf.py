@@ -459,6 +459,7 @@ def test_interrupted_conversion_leaves_no_cache_entry(tmp_path, cache_dir):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
     def folders() -> set[Path]:  # conversions (the file's tensor index may be recorded)
         root = cache_dir / "gguf"
         return {p for p in root.iterdir() if p.is_dir()} if root.exists() else set()

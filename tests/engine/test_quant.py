@@ -402,6 +402,33 @@ def test_a_16_bit_checkpoint_keeps_its_weights_under_fp32_math(half_dirs, method
     assert [o.outputs[0].token_ids for o in plain.generate(prompts, params, use_tqdm=False)] == ours
 
 
+@pytest.mark.parametrize("method", ["q4", "int8"])
+def test_q4_or_int8_on_a_16_bit_checkpoint_keeps_its_table_16_bit(
+    half_dirs, monkeypatch, method
+) -> None:
+    """Asked for q4/int8 everywhere, a bf16 checkpoint's embedding table stays bf16 (the
+    tables take no q4/int8) rather than widening to fp32: the same values, the same tokens,
+    half the bytes; the tied lm_head takes its own q4/int8 copy."""
+    from safetensors.torch import load_file
+
+    from tritium.engine import engine_core
+
+    folder = half_dirs["bf16"]
+    llm = LLM(str(folder), dtype="float32", quantization=method)
+    model = llm.engine_core.runner.model
+    table = model.model.embed_tokens.weight
+    stored = load_file(folder / "model.safetensors")["model.embed_tokens.weight"]
+    assert table.dtype == torch.bfloat16 and torch.equal(table, stored)
+    assert model.lm_head.quant == method
+    prompts = [{"prompt_token_ids": list(range(100, 100 + n))} for n in (9, 4)]
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    ours = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    monkeypatch.setattr(engine_core, "resolve_table_formats", lambda ckpt, q: q)
+    wide = LLM(str(folder), dtype="float32", quantization=method)
+    assert wide.engine_core.runner.model.model.embed_tokens.weight.dtype == torch.float32
+    assert [o.outputs[0].token_ids for o in wide.generate(prompts, params, use_tqdm=False)] == ours
+
+
 def test_16_bit_weights_stay_16_bit_only_under_fp32_math(half_dirs, monkeypatch) -> None:
     from tritium.engine import config
 

@@ -94,15 +94,33 @@ def resolve_quantization(args: EngineArgs, ckpt: Checkpoint) -> str | dict[str, 
         return args.quantization
     if args.quantization is not None or not on_cpu:
         return None
-    formats: dict[str, str] = {}
-    if ckpt.dtype == torch.float32:
-        if ckpt.gguf_file is not None:
-            formats = gguf.half_weight_formats(ckpt.gguf_file)
-        else:
-            formats = hf_folder.half_weight_formats(ckpt.weight_files, ckpt.load_format)
+    formats = stored_half_formats(ckpt)
     if ckpt.gguf_file is not None:
         formats |= gguf.quantized_weight_formats(ckpt.gguf_file)
     return formats if formats and quant_kernel.is_available() else None
+
+
+def stored_half_formats(ckpt: Checkpoint) -> dict[str, str]:
+    """The weights the checkpoint stores as bf16 or fp16 ("bf16", "fp16" by name) when the
+    model computes in fp32; none otherwise (they are cast to the compute dtype anyway)."""
+    if ckpt.dtype != torch.float32:
+        return {}
+    if ckpt.gguf_file is not None:
+        return gguf.half_weight_formats(ckpt.gguf_file)
+    return hf_folder.half_weight_formats(ckpt.weight_files, ckpt.load_format)
+
+
+def resolve_table_formats(
+    ckpt: Checkpoint, quantization: str | dict[str, str] | None
+) -> str | dict[str, str] | None:
+    """The formats the embedding tables take (read by linear.embedding_formats): those of
+    `quantization`, except that "q4" or "int8" for every layer keeps a table the checkpoint
+    stores in 16 bits as it is. Tables stay out of q4/int8 (a looked-up row must come back
+    exact), so without this they would widen to fp32: twice the bytes, for the same values.
+    """
+    if quantization in ("q4", "int8"):
+        return stored_half_formats(ckpt)
+    return quantization
 
 
 class EngineCore:
@@ -122,8 +140,13 @@ class EngineCore:
             # CPU formats they stream from the file: what they become is cached instead
             # (prepared weights), so no full-precision copy is ever written.
             ckpt = ckpt.converted()
-        cached = None if quantization is None else prepared.for_checkpoint(ckpt, quantization)
-        self.runner = ModelRunner(args, cfg, ckpt.weights(), max_len, quantization, cached)
+        tables = resolve_table_formats(ckpt, quantization)
+        cached = None
+        if quantization is not None:
+            cached = prepared.for_checkpoint(ckpt, quantization, tables)
+        self.runner = ModelRunner(
+            args, cfg, ckpt.weights(), max_len, quantization, cached, tables=tables
+        )
         # One sequence must always fit in the pool, or it would preempt itself forever.
         self.max_model_len = min(max_len, self.runner.num_blocks * args.block_size)
         self.block_manager = BlockManager(

@@ -51,10 +51,13 @@ class ModelRunner:
         max_model_len: int,
         quantization: str | dict[str, str] | None = None,
         cached: PreparedWeights | None = None,
+        tables: str | dict[str, str] | None = None,
     ) -> None:
         """`cached`: the cache entry of these weights in `quantization`'s formats
         (loader/prepared.py), read instead of `weights` when it exists, written when not
-        (for formats worth it); None loads from `weights` alone."""
+        (for formats worth it); None loads from `weights` alone. `tables`: the formats of
+        the embedding tables (engine_core.resolve_table_formats), `quantization`'s when
+        None."""
         self.device = args.resolved_device()
         self.dtype = args.resolved_dtype()
         self.block_size = args.block_size
@@ -71,8 +74,9 @@ class ModelRunner:
         finally:
             torch.set_default_dtype(default_dtype)
         plan = {} if quantization is None else weight_formats(self.model, quantization)
-        if quantization is not None:
-            store_embeddings(self.model, embedding_formats(self.model, quantization))
+        tables = quantization if tables is None else tables
+        if tables is not None:
+            store_embeddings(self.model, embedding_formats(self.model, tables))
         if cached is None or not worth_caching(self.model, plan):
             self.model.load_weights(quantize_as_loaded(self.model, plan, weights))
         elif not cached.load(self.model, plan):

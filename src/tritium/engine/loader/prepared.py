@@ -112,14 +112,17 @@ class PreparedWeights:
 
 
 def for_checkpoint(
-    ckpt: Checkpoint, quantization: str | Mapping[str, str]
+    ckpt: Checkpoint,
+    quantization: str | Mapping[str, str],
+    tables: str | Mapping[str, str] | None = None,
 ) -> PreparedWeights | None:
-    """The cache entry of ``ckpt``'s weights in ``quantization``'s formats (whether or not
-    it exists yet); None for dummy weights, which no file holds."""
+    """The cache entry of ``ckpt``'s weights in ``quantization``'s formats, with embedding
+    tables in ``tables``' (whether or not it exists yet); None for dummy weights, which no
+    file holds."""
     source = ckpt.source_identity()
     if source is None:
         return None
-    formats = quantization if isinstance(quantization, str) else dict(sorted(quantization.items()))
+    formats = [_plain(quantization), _plain(tables)]
     dtype = str(ckpt.dtype).removeprefix("torch.")
     # What a GGUF file's weights dequantize to is the converter's, so it versions them too.
     version = [PREPARED_VERSION, gguf.FORMAT_VERSION if ckpt.load_format == "gguf" else None]
@@ -129,6 +132,10 @@ def for_checkpoint(
     folder = cache_root() / "prepared" / hashlib.sha256(text.encode()).hexdigest()[:20]
     marker = {"model": ckpt.model, "source": source, "dtype": dtype, "version": PREPARED_VERSION}
     return PreparedWeights(folder, marker)
+
+
+def _plain(formats: str | Mapping[str, str] | None) -> str | dict[str, str] | None:
+    return formats if formats is None or isinstance(formats, str) else dict(formats)
 
 
 def worth_caching(model: nn.Module, plan: Mapping[str, str]) -> bool:
