@@ -77,11 +77,12 @@ class ModelRunner:
         tables = quantization if tables is None else tables
         if tables is not None:
             store_embeddings(self.model, embedding_formats(self.model, tables))
-        if cached is None or not worth_caching(self.model, plan):
+        if cached is not None and not worth_caching(self.model, plan):
+            cached = None
+        if cached is None or not cached.load(self.model, plan):
             self.model.load_weights(quantize_as_loaded(self.model, plan, weights))
-        elif not cached.load(self.model, plan):
-            self.model.load_weights(quantize_as_loaded(self.model, plan, weights))
-            cached.save(self.model)
+            if cached is not None:
+                cached.save(self.model)
         #: How the linear layers' weights are stored, e.g. "q4 x210, int8 x1"; None: dtype.
         counts = sorted(Counter(plan.values()).items())
         self.quantization = ", ".join(f"{k} x{n}" for k, n in counts) or None

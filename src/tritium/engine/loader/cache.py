@@ -36,6 +36,15 @@ def cache_root() -> Path:
     return base / "tritium"
 
 
+def file_identity(path: Path) -> str:
+    """``path|size|mtime`` of a file, through symlinks (the Hub cache's point at blobs
+    named by their contents): what a cache entry made from it keys on. FileNotFoundError
+    when it is gone."""
+    path = path.resolve()
+    st = path.stat()
+    return f"{path}|{st.st_size}|{st.st_mtime_ns}"
+
+
 def is_complete(folder: Path) -> bool:
     """Whether ``folder`` is a finished cache entry (its marker was written)."""
     return (folder / MARKER).is_file()

@@ -14,6 +14,7 @@ import torch
 from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 
 from tritium.engine.loader import gguf, hub
+from tritium.engine.loader.cache import file_identity
 from tritium.engine.loader.default_model import DEFAULT_MODEL_NAMES, default_model_path
 from tritium.engine.loader.dummy import (
     DUMMY_CONFIGS,
@@ -109,14 +110,6 @@ class Checkpoint:
         if device is None:
             return stream
         return ((name, tensor.to(device)) for name, tensor in stream)
-
-
-def file_identity(path: Path) -> str:
-    """``path|size|mtime`` of a file, through symlinks (the Hub cache's point at blobs
-    named by their contents). FileNotFoundError when it is gone."""
-    path = path.resolve()
-    st = path.stat()
-    return f"{path}|{st.st_size}|{st.st_mtime_ns}"
 
 
 def load_checkpoint(
@@ -291,7 +284,7 @@ def _resolve(
 def _resolve_tokenizer(source: str, progress: bool) -> PreTrainedTokenizerBase:
     """A tokenizer from a folder, a Hub id, a .gguf file or ``"smollm2"``."""
     located = _locate(source, None, progress, weights=False)
-    folder = gguf.tokenizer_folder(located, progress) if located.is_file() else located
+    folder = gguf.metadata_folder(located, progress) if located.is_file() else located
     return load_tokenizer(folder)
 
 

@@ -26,7 +26,13 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoConfig, PretrainedConfig
 
-from tritium.engine.loader.cache import ShardWriter, atomic_folder, cache_root, is_complete
+from tritium.engine.loader.cache import (
+    ShardWriter,
+    atomic_folder,
+    cache_root,
+    file_identity,
+    is_complete,
+)
 from tritium.engine.loader.hf_folder import HALF_WEIGHT_TYPES
 
 logger = logging.getLogger(__name__)
@@ -289,13 +295,16 @@ def tensor_index(path: Path) -> list[TensorInfo]:
     and each start asks for these before and after converting, and to stream the weights.
     """
     path = Path(path).expanduser().resolve()
-    record = cache_root() / "gguf" / f"{file_key(path)}.tensors.json"
     with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
         return [
             TensorInfo(t["name"], t["type"], tuple(t["dims"]), t["offset"])
-            for t in json.loads(record.read_text())
+            for t in json.loads(_index_record(path).read_text())
         ]
     return _record_index(path, open_gguf(path))
+
+
+def _index_record(path: Path) -> Path:
+    return cache_root() / "gguf" / f"{file_key(path)}.tensors.json"
 
 
 def _record_index(path: Path, reader: Any) -> list[TensorInfo]:
@@ -305,7 +314,7 @@ def _record_index(path: Path, reader: Any) -> list[TensorInfo]:
         TensorInfo(t.name, t.tensor_type.name, tuple(int(d) for d in t.shape), t.data_offset)
         for t in reader.tensors
     ]
-    record = cache_root() / "gguf" / f"{file_key(path)}.tensors.json"
+    record = _index_record(path)
     record.parent.mkdir(parents=True, exist_ok=True)
     tmp = record.with_name(f".{record.name}.{os.getpid()}")
     rows = [{"name": t.name, "type": t.type_name, "dims": t.dims, "offset": t.data_offset}
@@ -383,19 +392,14 @@ def generation_config(meta: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _identity(path: Path) -> str:
-    st = path.stat()
-    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-
-
 def file_key(path: Path) -> str:
     """Identity of one GGUF file: its path, size and modification time."""
-    return hashlib.sha256(_identity(path).encode()).hexdigest()[:20]
+    return hashlib.sha256(file_identity(path).encode()).hexdigest()[:20]
 
 
 def cache_key(path: Path, dtype: torch.dtype) -> str:
     """Identity of one conversion: the file (path, size, mtime), the dtype and the format."""
-    text = f"{_identity(path)}|{dtype}|v{FORMAT_VERSION}"
+    text = f"{file_identity(path)}|{dtype}|v{FORMAT_VERSION}"
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -422,16 +426,12 @@ def convert(path: Path, dtype: torch.dtype = torch.bfloat16, progress: bool = Tr
     meta = read_metadata(reader)
     config = build_config(reader, meta, dtype)
     with atomic_folder(final, _marker(path, meta, str(dtype).removeprefix("torch."))) as tmp:
-        config.save_pretrained(str(tmp))
-        (tmp / "generation_config.json").write_text(
-            json.dumps(generation_config(meta), indent=2) + "\n"
-        )
         writer = ShardWriter(tmp)
         for name, tensor in iter_weights(reader.tensors, config, dtype, progress):
             writer.add(name, tensor)
         writer.close()
         del reader  # release the memory map before the (slow) tokenizer pass
-        _save_tokenizer(path, tmp)
+        _write_metadata(path, meta, config, tmp)
     return final
 
 
@@ -455,11 +455,7 @@ def metadata_folder(path: Path, progress: bool = True) -> Path:
     config = build_config(reader, meta, torch.bfloat16)
     del reader
     with atomic_folder(final, _marker(path, meta, None)) as tmp:
-        config.save_pretrained(str(tmp))
-        (tmp / "generation_config.json").write_text(
-            json.dumps(generation_config(meta), indent=2) + "\n"
-        )
-        _save_tokenizer(path, tmp)
+        _write_metadata(path, meta, config, tmp)
     return final
 
 
@@ -487,9 +483,15 @@ def _marker(path: Path, meta: dict[str, Any], dtype: str | None) -> dict[str, An
     }
 
 
-def tokenizer_folder(path: Path, progress: bool = True) -> Path:
-    """A folder with the tokenizer of ``path`` (tokenizer files do not depend on dtype)."""
-    return metadata_folder(path, progress)
+def _write_metadata(
+    path: Path, meta: dict[str, Any], config: PretrainedConfig, folder: Path
+) -> None:
+    """config.json, generation_config.json and the tokenizer files of ``path``."""
+    config.save_pretrained(str(folder))
+    (folder / "generation_config.json").write_text(
+        json.dumps(generation_config(meta), indent=2) + "\n"
+    )
+    _save_tokenizer(path, folder)
 
 
 def _save_tokenizer(path: Path, folder: Path) -> None:

@@ -31,10 +31,11 @@ from tritium.engine.loader.cache import (
     ShardWriter,
     atomic_folder,
     cache_root,
+    file_identity,
     is_complete,
     read_marker,
 )
-from tritium.engine.loader.checkpoint import Checkpoint, file_identity
+from tritium.engine.loader.checkpoint import Checkpoint
 
 logger = logging.getLogger(__name__)
 
