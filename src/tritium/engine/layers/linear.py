@@ -29,7 +29,8 @@ from tritium.engine.layers import quant_kernel as qk
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 #: Rows above which a quantized layer widens its weight and runs the fp32 matmul (measured
-#: on SmolLM2-135M shapes, 2 AVX2 cores: the kernels win up to a few dozen rows).
+#: on SmolLM2-135M shapes, 2 AVX2 cores: the kernels win up to a few dozen rows). With
+#: AMX the kernels take any number of rows, except fp16 weights (not exact in bf16).
 QUANT_KERNEL_MAX_ROWS = 64
 
 #: Weight formats `Linear.quantize` accepts, with the in_features multiple each needs.
@@ -103,7 +104,8 @@ class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.quant is not None:
             assert self.qweight is not None
-            if x.numel() // self.in_features <= QUANT_KERNEL_MAX_ROWS:
+            rows = x.numel() // self.in_features
+            if rows <= QUANT_KERNEL_MAX_ROWS or (self.quant != "fp16" and qk.amx_enabled()):
                 if self.quant == "bf16":
                     return qk.bf16_linear(x, self.qweight, self.bias)
                 if self.quant == "fp16":

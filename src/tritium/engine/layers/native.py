@@ -27,7 +27,7 @@ from tritium.engine.loader.cache import cache_root
 logger = logging.getLogger(__name__)
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = (CSRC / "quant_linear.c", CSRC / "cpu_ops.c")
+SOURCES = (CSRC / "quant_linear.c", CSRC / "amx_linear.c", CSRC / "cpu_ops.c")
 HEADERS = (CSRC / "tritium_cpu.h",)
 
 _p, _i64, _int, _f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
@@ -39,6 +39,9 @@ SIGNATURES: dict[str, tuple[list, object]] = {
     # x, M, K, 16-bit weights, bias, N, out, threads
     "tritium_bf16_linear": ([_p, _i64, _i64, _p, _p, _i64, _p, _int], _int),
     "tritium_fp16_linear": ([_p, _i64, _i64, _p, _p, _i64, _p, _int], _int),
+    # whether the several-row matmuls run on AMX; turn them on (1) or off (0)
+    "tritium_amx_enabled": ([], _int),
+    "tritium_set_amx": ([_int], _int),
     # x, residual, weight, T, N, eps, out
     "tritium_add_rms_norm": ([_p, _p, _p, _i64, _i64, _f32, _p], None),
     # qkv, T, row stride, first head, heads, D, weight, eps
@@ -100,13 +103,30 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
-def _compile_flags() -> list[str]:
+#: CPU flags (/proc/cpuinfo) -> compiler flags of the AMX kernels (amx_linear.c).
+_AMX_FLAGS = {
+    "avx512f": "-mavx512f",
+    "avx512bw": "-mavx512bw",
+    "avx512vl": "-mavx512vl",
+    "avx512_bf16": "-mavx512bf16",
+    "amx_tile": "-mamx-tile",
+    "amx_int8": "-mamx-int8",
+    "amx_bf16": "-mamx-bf16",
+}
+
+
+def _compile_flags() -> list[list[str]]:
+    """The flag sets to build with, best first: with AMX where the CPU has it (a compiler
+    too old for it fails, and the next set leaves it out), then AVX2, then plain C."""
     # No FMA contraction of plain-C expressions: they then round exactly as torch's ops do.
     flags = ["-O3", "-shared", "-fPIC", "-std=c11", "-ffp-contract=off"]
     cpu = _cpu_flags()
-    if platform.machine() in ("x86_64", "AMD64") and {"avx2", "fma", "f16c"} <= cpu:
-        flags += ["-mavx2", "-mfma", "-mf16c"]
-    return flags
+    if platform.machine() not in ("x86_64", "AMD64") or not {"avx2", "fma", "f16c"} <= cpu:
+        return [flags]
+    flags += ["-mavx2", "-mfma", "-mf16c"]
+    if set(_AMX_FLAGS) <= cpu:
+        return [flags + list(_AMX_FLAGS.values()), flags]
+    return [flags]
 
 
 def library() -> ctypes.CDLL:
@@ -133,8 +153,8 @@ def _build() -> ctypes.CDLL:
         raise KernelUnavailable(
             "Tritium's CPU kernels are compiled at first use and need a C compiler (cc or gcc)"
         )
-    flags = _compile_flags()
-    digest = hashlib.sha256(" ".join([compiler, *flags]).encode())
+    candidates = _compile_flags()
+    digest = hashlib.sha256(" ".join([compiler, *candidates[0]]).encode())
     for src in (*SOURCES, *HEADERS):
         digest.update(src.read_bytes())
     target = cache_root() / "kernels" / f"tritium_cpu-{digest.hexdigest()[:16]}.so"
@@ -142,7 +162,8 @@ def _build() -> ctypes.CDLL:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}")
         # OpenMP first; a compiler without it still gives working single-threaded kernels.
-        for extra in (["-fopenmp"], []):
+        attempts = [(flags, extra) for flags in candidates for extra in (["-fopenmp"], [])]
+        for flags, extra in attempts:
             cmd = [compiler, *flags, *extra, *map(str, SOURCES), "-lm", "-o", str(tmp)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode == 0:

@@ -12,6 +12,7 @@ from tritium.engine.layers.native import KernelUnavailable, ensure_available, is
 
 __all__ = [
     "KernelUnavailable",
+    "amx_enabled",
     "bf16_linear",
     "dequantize_q4",
     "ensure_available",
@@ -22,6 +23,7 @@ __all__ = [
     "quantize_activations_q8",
     "quantize_weight_int8",
     "quantize_weight_q4",
+    "set_amx",
 ]  # fmt: skip
 
 #: 4-bit block size along K: the GGUF Q4_0/Q4_1 block, so those files map block for block.
@@ -151,6 +153,18 @@ def quantize_activations_q8(x: torch.Tensor) -> torch.Tensor:
     d = blocks.abs().amax(dim=-1, keepdim=True) / 127.0
     inv = torch.where(d > 0, 1.0 / d, torch.zeros_like(d))
     return (torch.round(blocks * inv) * d).reshape(x.shape)
+
+
+def amx_enabled() -> bool:
+    """Whether the several-row matmuls run on AMX here (csrc/amx_linear.c): a CPU and
+    compiler with AMX, the kernel's permission, and TRITIUM_CPU_AMX not 0."""
+    return bool(native.library().tritium_amx_enabled())
+
+
+def set_amx(enable: bool) -> bool:
+    """Turn the AMX path on or off for this process (tests compare both); returns whether
+    it is on now (False where AMX is unavailable)."""
+    return bool(native.library().tritium_set_amx(int(enable)))
 
 
 def _call(

@@ -233,6 +233,8 @@ static int tiled_linear(int kind, const float* x, int64_t M, int64_t K, const vo
                         int nthreads) {
   static const float ones[NR] = {1.0f, 1.0f, 1.0f, 1.0f};
   const int64_t elt = kind == W_INT8 ? 1 : 2;
+  if (M > 1 && kind != W_FP16 && tritium_amx_enabled())
+    return tritium_amx_linear(kind == W_INT8, x, M, K, w, scale, bias, N, out, nthreads);
   int failed = 0;
 #ifdef _OPENMP
   omp_set_num_threads(nthreads);
@@ -308,8 +310,8 @@ int tritium_fp16_linear(const float* x, int64_t M, int64_t K, const uint16_t* w,
 #ifdef HAVE_GEMV
 /* The same arithmetic, 8 lanes at a time (the rounding is round-half-even in both); also
  * writes the rounded row back as fp32 (d * q) when xf is given, for the several-row path. */
-static void quantize_row_q8(const float* x, int64_t K, int8_t* q, float* d, float* s,
-                            float* xf) {
+void tritium_quantize_row_q8(const float* x, int64_t K, int8_t* q, float* d, float* s,
+                             float* xf) {
   const __m256 sign = _mm256_set1_ps(-0.0f);
   for (int64_t b = 0; b < K / QB; ++b) {
     const float* xb = x + b * QB;
@@ -341,8 +343,8 @@ static void quantize_row_q8(const float* x, int64_t K, int8_t* q, float* d, floa
   }
 }
 #else
-static void quantize_row_q8(const float* x, int64_t K, int8_t* q, float* d, float* s,
-                            float* xf) {
+void tritium_quantize_row_q8(const float* x, int64_t K, int8_t* q, float* d, float* s,
+                             float* xf) {
   for (int64_t b = 0; b < K / QB; ++b) {
     const float* xb = x + b * QB;
     float amax = 0.0f;
@@ -366,15 +368,6 @@ static void quantize_row_q8(const float* x, int64_t K, int8_t* q, float* d, floa
 #endif
 
 #ifdef HAVE_GEMV
-/* The 32 codes of one block as bytes in value order (0-15 from the low nibbles). */
-static inline __m256i q4_bytes(const uint8_t* p) {
-  const __m128i bytes = _mm_loadu_si128((const __m128i*)p);
-  const __m128i mask = _mm_set1_epi8(0x0F);
-  const __m128i lo = _mm_and_si128(bytes, mask);
-  const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
-  return _mm256_set_m128i(hi, lo);
-}
-
 /* One weight row against one quantized input row, straight from memory with prefetch; two
  * FMA chains (even and odd blocks), as one would wait on the FMA latency. */
 static float q4q8_row(const uint8_t* row, const uint16_t* rdm, int64_t nb, const int8_t* xq,
@@ -466,6 +459,8 @@ int tritium_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* codes
                       int nthreads) {
   static const float ones[NR] = {1.0f, 1.0f, 1.0f, 1.0f};
   const int64_t nb = K / QB;
+  if (M > 1 && tritium_amx_enabled())
+    return tritium_amx_q4_linear(x, M, K, codes, dm, bias, N, out, nthreads);
   int8_t* xq = (int8_t*)malloc((size_t)(M * K) + 64);
   float* xd = (float*)malloc(sizeof(float) * (size_t)(M * nb + 1));
   float* xs = (float*)malloc(sizeof(float) * (size_t)(M * nb + 1));
@@ -475,7 +470,8 @@ int tritium_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* codes
     return -1;
   }
   for (int64_t m = 0; m < M; ++m)
-    quantize_row_q8(x + m * K, K, xq + m * K, xd + m * nb, xs + m * nb, xf ? xf + m * K : 0);
+    tritium_quantize_row_q8(x + m * K, K, xq + m * K, xd + m * nb, xs + m * nb,
+                            xf ? xf + m * K : 0);
   int failed = 0;
 #ifdef _OPENMP
   omp_set_num_threads(nthreads);

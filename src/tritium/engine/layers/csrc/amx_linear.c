@@ -1,0 +1,382 @@
+/* The several-row compact matmuls on Intel AMX (Sapphire Rapids and later), called by
+ * quant_linear.c when 2 <= M rows share a weight (a decode step of several sequences):
+ *
+ *   tritium_amx_q4_linear: q4 weights (4-bit codes, fp16 d and m per block of 32) against
+ *       inputs already quantized to 8 bits per block (quant_linear.c's quantize_row_q8).
+ *       TDPBUSD multiplies the codes as bytes, u8 x s8 -> s32, one block of 32 at a time,
+ *       and each block's integer dot product is scaled as the one-row path does:
+ *       d_w * d_x * (q_w . q_x) + m_w * s_x. The integers are exact, so a row's result is
+ *       the one-row kernel's up to the order of the fp32 sums.
+ *   tritium_amx_linear: int8 (per-row scale) and bf16 weights, inputs fp32. Weights of
+ *       both are exact in bf16; each fp32 input is split into three bf16 parts whose sum is
+ *       exactly that input (8 + 8 + 8 significant bits), so TDPBF16PS (bf16 products, exact,
+ *       summed in fp32) computes fp32 math on the stored weights, up to summation order.
+ *
+ * A weight tile is 16 rows of the weight as stored (the A operand, row-major, so it needs no
+ * transposition: the codes are only unpacked or widened); the inputs are the B operand,
+ * interleaved once per call into the VNNI layout (4 bytes of K per column for int8, 2 for
+ * bf16) and padded to 16 rows; a C tile is 16 weight rows x 16 input rows. On the 2-core
+ * Sapphire Rapids VMs we measure on, the AVX2 tiles these replace were bound by FMA issue
+ * at about 150 GFLOP/s; AMX leaves the several-row step bound by reading the weights.
+ *
+ * Used only where the compiler targets AMX and the kernel grants this process the tile
+ * state (arch_prctl); tritium_amx_enabled() says so, and TRITIUM_CPU_AMX=0 turns it off.
+ */
+#define _GNU_SOURCE
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tritium_cpu.h"
+
+#if defined(__AMX_TILE__) && defined(__AMX_INT8__) && defined(__AMX_BF16__) && \
+    defined(__AVX512F__) && defined(__AVX512BF16__)
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+#define T 16 /* rows of a tile: weight rows per A tile, input rows per B tile */
+
+/* 0: not asked yet; 1: on; -1: off (no permission, or turned off). */
+static int amx_state = 0;
+
+int tritium_set_amx(int enable) {
+  int state = -1;
+  if (enable && syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0) state = 1;
+  __atomic_store_n(&amx_state, state, __ATOMIC_RELEASE);
+  return state > 0;
+}
+
+int tritium_amx_enabled(void) {
+  int state = __atomic_load_n(&amx_state, __ATOMIC_ACQUIRE);
+  if (state == 0) {
+    const char* env = getenv("TRITIUM_CPU_AMX");
+    return tritium_set_amx(!(env && env[0] == '0'));
+  }
+  return state > 0;
+}
+
+typedef struct {
+  uint8_t palette_id, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+} TileConfig;
+
+/* Tiles 0 to c - 1: C, 16 x 16 of 32 bits; the next a: A, 16 weight rows of a_bytes each;
+ * the next b: B, b_rows of 16 input columns (64 bytes). Several of each let independent
+ * tile operations overlap: a chain on one C tile waits for each instruction's latency. */
+static void configure_tiles(int c, int a, int a_bytes, int b, int b_rows) {
+  TileConfig cfg;
+  memset(&cfg, 0, sizeof cfg);
+  cfg.palette_id = 1;
+  for (int t = 0; t < c + a + b; ++t) {
+    cfg.rows[t] = t < c + a ? T : (uint8_t)b_rows;
+    cfg.colsb[t] = t >= c && t < c + a ? (uint16_t)a_bytes : 4 * T;
+  }
+  _tile_loadconfig(&cfg);
+}
+
+/* Tile out[m, n0 + j] = acc[j][m - m0] (+ bias) for the rows and columns that exist. */
+static void store_tile(const float* acc, int64_t m0, int64_t M, int64_t n0, int nr,
+                       const float* scale, const float* bias, int64_t N, float* out) {
+  for (int64_t i = 0; i < T && m0 + i < M; ++i)
+    for (int j = 0; j < nr; ++j)
+      out[(m0 + i) * N + n0 + j] =
+          acc[j * T + i] * (scale ? scale[n0 + j] : 1.0f) + (bias ? bias[n0 + j] : 0.0f);
+}
+
+/* -- q4 x q8 ---------------------------------------------------------------------------- */
+
+#define QB 32
+
+int tritium_amx_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* codes,
+                          const uint16_t* dm, const float* bias, int64_t N, float* out,
+                          int nthreads) {
+  const int64_t nb = K / QB, mt_count = (M + T - 1) / T;
+  /* Inputs as B tiles, one per (input tile, block): 8 rows of 16 columns x 4 bytes, zero
+   * past M; and their scales d_x and sums s_x as 16-wide vectors. */
+  int8_t* xv = (int8_t*)aligned_alloc(64, (size_t)(mt_count * nb) * 512);
+  float* xdv = (float*)aligned_alloc(64, sizeof(float) * (size_t)(mt_count * nb) * T);
+  float* xsv = (float*)aligned_alloc(64, sizeof(float) * (size_t)(mt_count * nb) * T);
+  if (!xv || !xdv || !xsv) {
+    free(xv), free(xdv), free(xsv);
+    return -1;
+  }
+  const int64_t last = (mt_count - 1) * nb; /* the tiles that may hold rows past M */
+  memset(xv + last * 512, 0, (size_t)nb * 512);
+  memset(xdv + last * T, 0, sizeof(float) * (size_t)nb * T);
+  memset(xsv + last * T, 0, sizeof(float) * (size_t)nb * T);
+  int failed = 0;
+#ifdef _OPENMP
+  omp_set_num_threads(nthreads);
+#pragma omp parallel
+#endif
+  {
+    /* A 16-row weight tile, unpacked for every block (reused by each input tile); its d
+     * and m as floats, [row][block][2]; the integer dots of every block of one input tile. */
+    uint8_t* wbuf = (uint8_t*)aligned_alloc(64, (size_t)nb * T * QB);
+    float* wdm = (float*)aligned_alloc(64, sizeof(float) * (size_t)(nb * 2 * T + 16));
+    int32_t* cbuf = (int32_t*)aligned_alloc(64, sizeof(int32_t) * (size_t)nb * T * T);
+    float* acc = (float*)aligned_alloc(64, sizeof(float) * T * T);
+    int8_t* xq = (int8_t*)malloc((size_t)K);
+    float* xd = (float*)malloc(sizeof(float) * (size_t)nb * 2);
+    const int ok = wbuf && wdm && cbuf && acc && xq && xd;
+    if (!ok) {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+      failed = 1;
+    }
+    /* Each thread quantizes some input tiles' rows and interleaves them into the B tiles
+     * (whole tiles per thread: rows of one tile share cache lines); each 4 bytes of K stay
+     * together (VNNI), so that moves 32-bit words. */
+#ifdef _OPENMP
+#pragma omp for schedule(static, T)
+#endif
+    for (int64_t m = 0; m < M; ++m) {
+      if (!ok) continue;
+      tritium_quantize_row_q8(x + m * K, K, xq, xd, xd + nb, 0);
+      const int64_t mt = m / T, i = m % T;
+      for (int64_t b = 0; b < nb; ++b) {
+        int32_t* tile = (int32_t*)(xv + (mt * nb + b) * 512);
+        int32_t words[QB / 4];
+        memcpy(words, xq + b * QB, QB);
+        for (int k4 = 0; k4 < QB / 4; ++k4) tile[k4 * T + i] = words[k4];
+        xdv[(mt * nb + b) * T + i] = xd[b];
+        xsv[(mt * nb + b) * T + i] = xd[nb + b];
+      }
+    }
+    if (ok) configure_tiles(2, 2, QB, 2, QB / 4);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (int64_t n0 = 0; n0 < N; n0 += T) {
+      if (!ok) continue;
+      const int nr = N - n0 < T ? (int)(N - n0) : T;
+      for (int j = 0; j < T; ++j) {
+        float* row_dm = wdm + j * nb * 2;
+        if (j >= nr) {
+          memset(wbuf + j * QB, 0, QB);
+          for (int64_t b = 1; b < nb; ++b) memset(wbuf + (b * T + j) * QB, 0, QB);
+          memset(row_dm, 0, sizeof(float) * (size_t)nb * 2);
+          continue;
+        }
+        const uint8_t* src = codes + (n0 + j) * (K / 2);
+        for (int64_t b = 0; b < nb; ++b) {
+          /* The next tile's codes, as the hardware prefetcher alone leaves the VM's memory
+           * bandwidth half used. A prefetch past the end is dropped, never a fault. */
+          if ((b & 3) == 0) _mm_prefetch((const char*)(src + 16 * b + T * (K / 2)), _MM_HINT_T1);
+          _mm256_store_si256((__m256i*)(wbuf + (b * T + j) * QB), q4_bytes(src + 16 * b));
+        }
+        const uint16_t* s = dm + (n0 + j) * nb * 2;
+        int64_t e = 0;
+        for (; e + 16 <= nb * 2; e += 16)
+          _mm512_storeu_ps(row_dm + e, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(s + e))));
+        for (; e < nb * 2; ++e) row_dm[e] = _cvtsh_ss(s[e]);
+      }
+      for (int64_t mt = 0; mt < mt_count; ++mt) {
+        /* Every block's integer dots first, two C tiles in turn, into cbuf; then the vector
+         * units scale them. A load right after a tile store waits for it; by the second
+         * loop the stores have long landed. */
+#define Q4_DOTS(c, at, bt, b)                                      \
+  do {                                                             \
+    _tile_zero(c);                                                 \
+    _tile_loadd(at, wbuf + (b) * T * QB, QB);                      \
+    _tile_loadd(bt, xv + (mt * nb + (b)) * 512, 64);               \
+    _tile_dpbusd(c, at, bt);                                       \
+    _tile_stored(c, cbuf + (b) * T * T, 64);                       \
+  } while (0)
+        int64_t b = 0;
+        for (; b + 2 <= nb; b += 2) {
+          Q4_DOTS(0, 2, 4, b);
+          Q4_DOTS(1, 3, 5, b + 1);
+        }
+        if (b < nb) Q4_DOTS(0, 2, 4, b);
+        __m512 a[T];
+        for (int j = 0; j < T; ++j) a[j] = _mm512_setzero_ps();
+        for (b = 0; b < nb; ++b) {
+          const int32_t* dots = cbuf + b * T * T;
+          const __m512 dx = _mm512_load_ps(xdv + (mt * nb + b) * T);
+          const __m512 sx = _mm512_load_ps(xsv + (mt * nb + b) * T);
+#pragma GCC unroll 16
+          for (int j = 0; j < T; ++j) {
+            const float* dmj = wdm + (j * nb + b) * 2;
+            const __m512 dot = _mm512_cvtepi32_ps(_mm512_load_si512(dots + j * T));
+            a[j] = _mm512_fmadd_ps(dot, _mm512_mul_ps(_mm512_set1_ps(dmj[0]), dx), a[j]);
+            a[j] = _mm512_fmadd_ps(_mm512_set1_ps(dmj[1]), sx, a[j]);
+          }
+        }
+#undef Q4_DOTS
+        for (int j = 0; j < T; ++j) _mm512_store_ps(acc + j * T, a[j]);
+        store_tile(acc, mt * T, M, n0, nr, 0, bias, N, out);
+      }
+    }
+    if (ok) _tile_release();
+    free(wbuf), free(wdm), free(cbuf), free(acc), free(xq), free(xd);
+  }
+  free(xv), free(xdv), free(xsv);
+  return failed ? -1 : 0;
+}
+
+/* -- int8 and bf16 weights, fp32 inputs as three bf16 parts ----------------------------- */
+
+#define KC 32 /* K per tile: 32 bf16 = 64 bytes */
+
+static inline uint16_t bf16_nearest(float f) {
+  uint32_t u;
+  memcpy(&u, &f, sizeof u);
+  u += 0x7FFF + ((u >> 16) & 1);
+  return (uint16_t)(u >> 16);
+}
+
+static inline float bf16_value(uint16_t h) {
+  const uint32_t u = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+/* 16 weights of row `w` from column k as bf16 (k + 16 <= K), exact for both kinds. */
+static inline __m256i weights_bf16(const void* w, int kind_int8, int64_t k) {
+  if (kind_int8) {
+    const __m128i q = _mm_loadu_si128((const __m128i*)((const int8_t*)w + k));
+    return (__m256i)_mm512_cvtneps_pbh(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)));
+  }
+  return _mm256_loadu_si256((const __m256i*)((const uint16_t*)w + k));
+}
+
+int tritium_amx_linear(int kind_int8, const float* x, int64_t M, int64_t K, const void* w,
+                       const float* scale, const float* bias, int64_t N, float* out,
+                       int nthreads) {
+  const int64_t kc_count = (K + KC - 1) / KC, mt_count = (M + T - 1) / T;
+  const int64_t elt = kind_int8 ? 1 : 2;
+  /* B tiles: [part][input tile][K chunk], each 16 rows (pairs of K) of 16 columns x 2 bf16. */
+  const size_t tiles = (size_t)(3 * mt_count * kc_count);
+  uint16_t* xv = (uint16_t*)aligned_alloc(64, tiles * 512 * sizeof(uint16_t));
+  if (!xv) return -1;
+  memset(xv, 0, tiles * 512 * sizeof(uint16_t));
+  int failed = 0;
+#ifdef _OPENMP
+  omp_set_num_threads(nthreads);
+#pragma omp parallel
+#endif
+  {
+    uint16_t* wbuf = (uint16_t*)aligned_alloc(64, sizeof(uint16_t) * (size_t)kc_count * T * KC);
+    float* acc = (float*)aligned_alloc(64, sizeof(float) * 3 * T * T);
+    if (!wbuf || !acc) {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+      failed = 1;
+    }
+    /* Each thread splits some input tiles' rows into their three bf16 parts. */
+#ifdef _OPENMP
+#pragma omp for schedule(static, T)
+#endif
+    for (int64_t m = 0; m < M; ++m) {
+      const int64_t mt = m / T, i = m % T;
+      for (int64_t k = 0; k < K; ++k) {
+        const float v = x[m * K + k];
+        const uint16_t p0 = bf16_nearest(v);
+        const float r0 = v - bf16_value(p0); /* exact: both are within 2^8 ulps of v */
+        const uint16_t p1 = bf16_nearest(r0);
+        const uint16_t p2 = bf16_nearest(r0 - bf16_value(p1)); /* 8 bits left: exact */
+        const int64_t at = (mt * kc_count + k / KC) * 512 + ((k % KC) / 2) * 32 + i * 2 + k % 2;
+        xv[at] = p0;
+        xv[tiles / 3 * 512 + at] = p1;
+        xv[2 * tiles / 3 * 512 + at] = p2;
+      }
+    }
+    if (wbuf && acc) configure_tiles(3, 1, 2 * KC, 3, KC / 2);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (int64_t n0 = 0; n0 < N; n0 += T) {
+      if (!wbuf || !acc) continue;
+      const int nr = N - n0 < T ? (int)(N - n0) : T;
+      /* The 16 rows as bf16, in K chunks of 32, zero past K and past N. */
+      for (int j = 0; j < T; ++j) {
+        const void* row = (const char*)w + (n0 + j) * K * elt;
+        for (int64_t kc = 0; kc < kc_count; ++kc) {
+          uint16_t* dst = wbuf + (kc * T + j) * KC;
+          for (int64_t h = 0; h < KC; h += 16) {
+            const int64_t k = kc * KC + h;
+            if (j < nr && k + 16 <= K) {
+              if (((k * elt) & 63) == 0)  /* the next tile's weights (see the q4 kernel) */
+                _mm_prefetch((const char*)row + (T * K + k) * elt, _MM_HINT_T1);
+              _mm256_store_si256((__m256i*)(dst + h), weights_bf16(row, kind_int8, k));
+              continue;
+            }
+            for (int64_t e = 0; e < 16; ++e) {
+              uint16_t v = 0;
+              if (j < nr && k + e < K)
+                v = kind_int8 ? bf16_nearest((float)((const int8_t*)row)[k + e])
+                              : ((const uint16_t*)row)[k + e];
+              dst[h + e] = v;
+            }
+          }
+        }
+      }
+      for (int64_t mt = 0; mt < mt_count; ++mt) {
+        /* One C tile per input part: three independent chains of tile products. */
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        const uint16_t* x0 = xv + (mt * kc_count) * 512;
+        const uint16_t* x1 = x0 + tiles / 3 * 512;
+        const uint16_t* x2 = x1 + tiles / 3 * 512;
+        for (int64_t kc = 0; kc < kc_count; ++kc) {
+          _tile_loadd(3, wbuf + kc * T * KC, 2 * KC);
+          _tile_loadd(4, x0 + kc * 512, 64);
+          _tile_loadd(5, x1 + kc * 512, 64);
+          _tile_loadd(6, x2 + kc * 512, 64);
+          _tile_dpbf16ps(0, 3, 4);
+          _tile_dpbf16ps(1, 3, 5);
+          _tile_dpbf16ps(2, 3, 6);
+        }
+        _tile_stored(0, acc, 64);
+        _tile_stored(1, acc + T * T, 64);
+        _tile_stored(2, acc + 2 * T * T, 64);
+        /* The small parts first: their sum is exact or nearly, before the large one. */
+        for (int e = 0; e < T * T; ++e) acc[e] = acc[e] + (acc[T * T + e] + acc[2 * T * T + e]);
+        store_tile(acc, mt * T, M, n0, nr, scale, bias, N, out);
+      }
+    }
+    if (wbuf && acc) _tile_release();
+    free(wbuf), free(acc);
+  }
+  free(xv);
+  return failed ? -1 : 0;
+}
+
+#else /* no AMX from this compiler or CPU: the callers keep their AVX2 paths */
+
+int tritium_set_amx(int enable) {
+  (void)enable;
+  return 0;
+}
+
+int tritium_amx_enabled(void) { return 0; }
+
+int tritium_amx_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* codes,
+                          const uint16_t* dm, const float* bias, int64_t N, float* out,
+                          int nthreads) {
+  (void)x, (void)M, (void)K, (void)codes, (void)dm, (void)bias, (void)N, (void)out,
+      (void)nthreads;
+  return -1;
+}
+
+int tritium_amx_linear(int kind_int8, const float* x, int64_t M, int64_t K, const void* w,
+                       const float* scale, const float* bias, int64_t N, float* out,
+                       int nthreads) {
+  (void)kind_int8, (void)x, (void)M, (void)K, (void)w, (void)scale, (void)bias, (void)N,
+      (void)out, (void)nthreads;
+  return -1;
+}
+
+#endif
