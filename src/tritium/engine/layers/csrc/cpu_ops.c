@@ -96,13 +96,45 @@ void tritium_rope(float* qkv, int64_t T, int64_t row_stride, int64_t heads, int6
   }
 }
 
+#ifdef HAVE_AVX2
+/* exp(x), 8 lanes: Cephes' expf polynomial, within 2 ulp of expf over [-87.3, 88.3] (x is
+ * clamped there, so 2^n stays a normal float). libm's scalar expf was most of a 20-row
+ * SiLU (30,000 calls a layer). */
+static inline __m256 exp256(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.33654f)), _mm256_set1_ps(88.3762626647949f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+#endif
+
 void tritium_silu_mul(const float* gate_up, int64_t T, int64_t I, float* out) {
 #pragma omp parallel for schedule(static) if (T * I >= PARALLEL_WORK)
   for (int64_t t = 0; t < T; ++t) {
     const float* g = gate_up + t * 2 * I;
     const float* u = g + I;
     float* o = out + t * I;
-    for (int64_t i = 0; i < I; ++i) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    int64_t i = 0;
+#ifdef HAVE_AVX2
+    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+    for (; i + 8 <= I; i += 8) {
+      const __m256 gv = _mm256_loadu_ps(g + i);
+      const __m256 e = exp256(_mm256_xor_ps(gv, sign));
+      _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_div_ps(gv, _mm256_add_ps(one, e)),
+                                            _mm256_loadu_ps(u + i)));
+    }
+#endif
+    for (; i < I; ++i) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
   }
 }
 
