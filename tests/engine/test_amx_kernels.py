@@ -1,0 +1,103 @@
+"""The AMX matmuls (csrc/amx_linear.c) against their references and against the AVX2
+kernels they replace for several rows. They run only on CPUs with AMX (Sapphire Rapids
+and later) whose kernel grants the tile state; elsewhere these tests skip, and the AVX2
+and portable builds are what tests/engine/test_quant.py and test_portable_kernels.py check."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from engine_testing import assert_pool_free, random_linear
+
+from tritium.engine.layers import native, quant_kernel
+
+pytestmark = pytest.mark.skipif(
+    not native.is_available() or not quant_kernel.amx_enabled(),
+    reason="needs a CPU with AMX and the C kernels",
+)
+
+
+def test_an_amx_machine_builds_the_amx_kernels() -> None:
+    assert "-mamx-int8" in native._compile_flags()[0]
+    assert quant_kernel.amx_enabled()
+
+
+def _avx2(fn):
+    """fn() with AMX off (the AVX2 kernels), AMX back on after."""
+    quant_kernel.set_amx(False)
+    try:
+        return fn()
+    finally:
+        assert quant_kernel.set_amx(True)
+
+
+# Shapes with a partial tile of weight rows (37), of input rows (2, 17, 33) and, for int8
+# and bf16, of K (40: not a multiple of the 32 values a tile row holds).
+@pytest.mark.parametrize(
+    ("method", "k", "n"),
+    [(m, k, n) for m in ("q4", "int8", "bf16") for k, n in ((96, 37), (576, 960), (40, 19))
+     if m != "q4" or k % 32 == 0],
+)  # fmt: skip
+@pytest.mark.parametrize("rows", [2, 17, 33, 200])
+def test_amx_linear_matches_reference_and_avx2(method: str, rows: int, k: int, n: int) -> None:
+    torch.manual_seed(rows * k + n)
+    layer = random_linear(k, n)
+    layer.quantize(method)
+    x = torch.randn(rows, k) * 3
+    seen = quant_kernel.quantize_activations_q8(x) if method == "q4" else x
+    # fp64 reference: the AMX result is fp32 math on the stored weights (the q4 path's
+    # inputs rounded to 8 bits per block first), whatever the order of the sums.
+    expected = (seen.double() @ layer.dequantized_weight().double().T + layer.bias.double()).float()
+    got = layer(x)
+    scale = x.abs().sum(dim=1, keepdim=True) * layer.dequantized_weight().abs().max()
+    assert ((got - expected).abs() <= 1e-6 * scale + 1e-6).all()
+    torch.testing.assert_close(got, _avx2(lambda: layer(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_int8_amx_keeps_fp32_inputs_exact() -> None:
+    """Inputs whose low bits matter (1 + j * 2^-20: bf16 keeps only the 1): three bf16
+    parts keep them, so the error is fp32 summation's, not the 6e-6 of a single part."""
+    torch.manual_seed(0)
+    layer = random_linear(64, 16, bias=False)
+    layer.quantize("int8")
+    x = 1.0 + torch.arange(64, dtype=torch.float32).repeat(4, 1) * 2**-20
+    w = layer.dequantized_weight().double()
+    expected = x.double() @ w.T
+    scale = x.double().abs() @ w.abs().T
+    assert ((layer(x).double() - expected).abs() / scale).max() < 1e-6
+    one_part = x.bfloat16().double() @ w.T  # what a single bf16 part would compute
+    assert ((one_part - expected).abs() / scale).max() > 5e-6
+
+
+def test_engine_tokens_with_and_without_amx(tiny_model_dirs) -> None:
+    """A batch decoding together (several-row matmuls) and its prompts (many rows) give
+    the same greedy tokens and near-equal logprobs on AMX as on the AVX2 kernels."""
+    from tritium.engine import LLM, SamplingParams
+
+    prompts = [{"prompt_token_ids": list(range(100, 100 + n))} for n in (90, 11, 3, 40)]
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=1)
+
+    def run() -> tuple[list[list[int]], list[float]]:
+        results = []
+        for quantization in ("q4", "int8", "bf16"):
+            llm = LLM(str(tiny_model_dirs["llama"]), dtype="float32", quantization=quantization)
+            outs = llm.generate(prompts, params, use_tqdm=False)
+            assert_pool_free(llm)
+            results.append(outs)
+        tokens = [list(o.outputs[0].token_ids) for outs in results for o in outs]
+        logprobs = [
+            step[t].logprob
+            for outs in results
+            for o in outs
+            for t, step in zip(o.outputs[0].token_ids, o.outputs[0].logprobs or [], strict=True)
+        ]
+        return tokens, logprobs
+
+    amx_tokens, amx_logprobs = run()
+    tokens, logprobs = _avx2(run)
+    assert amx_tokens == tokens
+    # q4 rounds its inputs to 8 bits: a last-bit difference upstream can move one of those
+    # roundings, so its logprobs agree less tightly than fp32 sums alone would.
+    torch.testing.assert_close(
+        torch.tensor(amx_logprobs), torch.tensor(logprobs), rtol=0, atol=1e-3
+    )
