@@ -33,6 +33,39 @@ def test_the_vector_build_is_what_this_machine_runs() -> None:
         assert "-mavx2" in native._compile_flags()[0]
 
 
+@pytest.fixture(scope="module")
+def without_amx() -> ctypes.CDLL | None:
+    """The build an AVX2 machine without AMX gets (the fallback flag set); None where this
+    machine has no AMX flag set to fall back from."""
+    candidates = native._compile_flags()
+    if len(candidates) < 2:
+        return None
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(native, "_compile_flags", lambda: candidates[1:])
+        return native._build()
+
+
+@pytest.mark.parametrize("method", sorted(QUANT_METHODS))
+@pytest.mark.parametrize("rows", [1, 5, 80])
+def test_the_build_without_amx_matches_the_reference(
+    without_amx, monkeypatch, method, rows
+) -> None:
+    """On an AMX machine, the AVX2 build it would fall back to still builds and computes
+    the same (several rows and prompt-sized inputs included); elsewhere the default build
+    is that build, and tests/engine/test_quant.py covers it."""
+    if without_amx is None:
+        pytest.skip("no AMX build here to fall back from")
+    assert not without_amx.tritium_amx_enabled()
+    torch.manual_seed(rows)
+    layer = random_linear(160, 37)
+    layer.quantize(method)
+    x = torch.randn(rows, 160)
+    seen = quant_kernel.quantize_activations_q8(x) if method == "q4" else x
+    expected = seen @ layer.dequantized_weight().T + layer.bias
+    monkeypatch.setattr(native, "library", lambda: without_amx)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("method", sorted(QUANT_METHODS))
 @pytest.mark.parametrize("rows", [1, 5])
 def test_portable_linears_match_their_reference(portable, monkeypatch, method, rows) -> None:
