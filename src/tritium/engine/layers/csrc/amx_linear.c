@@ -81,13 +81,47 @@ static void configure_tiles(int c, int a, int a_bytes, int b, int b_rows) {
   _tile_loadconfig(&cfg);
 }
 
-/* Tile out[m, n0 + j] = acc[j][m - m0] (+ bias) for the rows and columns that exist. */
-static void store_tile(const float* acc, int64_t m0, int64_t M, int64_t n0, int nr,
+/* r[j] lane i -> r[i] lane j, in registers (4 rounds of 16 shuffles). */
+static inline void transpose16(__m512* r) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 2]);
+    const __m512d c = _mm512_castps_pd(t[4 * i + 1]), d = _mm512_castps_pd(t[4 * i + 3]);
+    r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+  }
+  for (int h = 0; h < 16; h += 8)
+    for (int i = 0; i < 4; ++i) {
+      t[h + i] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0x88);
+      t[h + i + 4] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0xDD);
+    }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
+  }
+}
+
+/* out[m0 + i, n0 + j] = r[j] lane i * scale[n0 + j] + bias[n0 + j] (scale, bias optional)
+ * for the rows and columns that exist: a C tile's weight rows become output columns, so
+ * the tile is transposed in registers and each output row is one masked store. The scale
+ * and the bias are applied as the one-row kernels do (a product, then a sum). */
+static void store_tile(__m512* r, int64_t m0, int64_t M, int64_t n0, int nr,
                        const float* scale, const float* bias, int64_t N, float* out) {
-  for (int64_t i = 0; i < T && m0 + i < M; ++i)
-    for (int j = 0; j < nr; ++j)
-      out[(m0 + i) * N + n0 + j] =
-          acc[j * T + i] * (scale ? scale[n0 + j] : 1.0f) + (bias ? bias[n0 + j] : 0.0f);
+  transpose16(r);
+  const __mmask16 cols = nr == T ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
+  const __m512 s = scale ? _mm512_maskz_loadu_ps(cols, scale + n0) : _mm512_set1_ps(1.0f);
+  const __m512 b = bias ? _mm512_maskz_loadu_ps(cols, bias + n0) : _mm512_setzero_ps();
+  for (int64_t i = 0; i < T && m0 + i < M; ++i) {
+    __m512 v = scale ? _mm512_mul_ps(r[i], s) : r[i];
+    if (bias) v = _mm512_add_ps(v, b);
+    _mm512_mask_storeu_ps(out + (m0 + i) * N + n0, cols, v);
+  }
 }
 
 /* -- q4 x q8 ---------------------------------------------------------------------------- */
@@ -122,10 +156,9 @@ int tritium_amx_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* c
     uint8_t* wbuf = (uint8_t*)aligned_alloc(64, (size_t)nb * T * QB);
     float* wdm = (float*)aligned_alloc(64, sizeof(float) * (size_t)(nb * 2 * T + 16));
     int32_t* cbuf = (int32_t*)aligned_alloc(64, sizeof(int32_t) * (size_t)nb * T * T);
-    float* acc = (float*)aligned_alloc(64, sizeof(float) * T * T);
     int8_t* xq = (int8_t*)malloc((size_t)K);
     float* xd = (float*)malloc(sizeof(float) * (size_t)nb * 2);
-    const int ok = wbuf && wdm && cbuf && acc && xq && xd;
+    const int ok = wbuf && wdm && cbuf && xq && xd;
     if (!ok) {
 #ifdef _OPENMP
 #pragma omp atomic write
@@ -212,12 +245,11 @@ int tritium_amx_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* c
           }
         }
 #undef Q4_DOTS
-        for (int j = 0; j < T; ++j) _mm512_store_ps(acc + j * T, a[j]);
-        store_tile(acc, mt * T, M, n0, nr, 0, bias, N, out);
+        store_tile(a, mt * T, M, n0, nr, 0, bias, N, out);
       }
     }
     if (ok) _tile_release();
-    free(wbuf), free(wdm), free(cbuf), free(acc), free(xq), free(xd);
+    free(wbuf), free(wdm), free(cbuf), free(xq), free(xd);
   }
   free(xv), free(xdv), free(xsv);
   return failed ? -1 : 0;
@@ -241,13 +273,15 @@ static inline float bf16_value(uint16_t h) {
   return f;
 }
 
-/* 16 weights of row `w` from column k as bf16 (k + 16 <= K), exact for both kinds. */
-static inline __m256i weights_bf16(const void* w, int kind_int8, int64_t k) {
+/* 32 weights of row `w` from column k as bf16 (k + 32 <= K), exact for both kinds. */
+static inline __m512i weights_bf16(const void* w, int kind_int8, int64_t k) {
   if (kind_int8) {
-    const __m128i q = _mm_loadu_si128((const __m128i*)((const int8_t*)w + k));
-    return (__m256i)_mm512_cvtneps_pbh(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)));
+    const __m256i q = _mm256_loadu_si256((const __m256i*)((const int8_t*)w + k));
+    const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q)));
+    const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(q, 1)));
+    return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
   }
-  return _mm256_loadu_si256((const __m256i*)((const uint16_t*)w + k));
+  return _mm512_loadu_si512((const uint16_t*)w + k);
 }
 
 int tritium_amx_linear(int kind_int8, const float* x, int64_t M, int64_t K, const void* w,
@@ -304,21 +338,20 @@ int tritium_amx_linear(int kind_int8, const float* x, int64_t M, int64_t K, cons
         const void* row = (const char*)w + (n0 + j) * K * elt;
         for (int64_t kc = 0; kc < kc_count; ++kc) {
           uint16_t* dst = wbuf + (kc * T + j) * KC;
-          for (int64_t h = 0; h < KC; h += 16) {
-            const int64_t k = kc * KC + h;
-            if (j < nr && k + 16 <= K) {
-              if (((k * elt) & 63) == 0)  /* the next tile's weights (see the q4 kernel) */
-                _mm_prefetch((const char*)row + (T * K + k) * elt, _MM_HINT_T1);
-              _mm256_store_si256((__m256i*)(dst + h), weights_bf16(row, kind_int8, k));
-              continue;
-            }
-            for (int64_t e = 0; e < 16; ++e) {
-              uint16_t v = 0;
-              if (j < nr && k + e < K)
-                v = kind_int8 ? bf16_nearest((float)((const int8_t*)row)[k + e])
-                              : ((const uint16_t*)row)[k + e];
-              dst[h + e] = v;
-            }
+          const int64_t k = kc * KC;
+          if (j < nr && k + KC <= K) {
+            /* the next tile's weights (see the q4 kernel) */
+            for (int64_t b = 0; b < KC * elt; b += 64)
+              _mm_prefetch((const char*)row + (T * K + k) * elt + b, _MM_HINT_T1);
+            _mm512_store_si512((__m512i*)dst, weights_bf16(row, kind_int8, k));
+            continue;
+          }
+          for (int64_t e = 0; e < KC; ++e) {
+            uint16_t v = 0;
+            if (j < nr && k + e < K)
+              v = kind_int8 ? bf16_nearest((float)((const int8_t*)row)[k + e])
+                            : ((const uint16_t*)row)[k + e];
+            dst[e] = v;
           }
         }
       }
@@ -343,8 +376,12 @@ int tritium_amx_linear(int kind_int8, const float* x, int64_t M, int64_t K, cons
         _tile_stored(1, acc + T * T, 64);
         _tile_stored(2, acc + 2 * T * T, 64);
         /* The small parts first: their sum is exact or nearly, before the large one. */
-        for (int e = 0; e < T * T; ++e) acc[e] = acc[e] + (acc[T * T + e] + acc[2 * T * T + e]);
-        store_tile(acc, mt * T, M, n0, nr, scale, bias, N, out);
+        __m512 r[T];
+        for (int j = 0; j < T; ++j)
+          r[j] = _mm512_add_ps(_mm512_load_ps(acc + j * T),
+                               _mm512_add_ps(_mm512_load_ps(acc + (T + j) * T),
+                                             _mm512_load_ps(acc + (2 * T + j) * T)));
+        store_tile(r, mt * T, M, n0, nr, scale, bias, N, out);
       }
     }
     if (wbuf && acc) _tile_release();
