@@ -86,25 +86,40 @@ def test_silu_mul(rows: int) -> None:
     torch.testing.assert_close(cpu_ops.silu_mul(gate_up), F.silu(gate) * up, rtol=1e-6, atol=1e-6)
 
 
-def test_store_kv_writes_pool_and_dense_rows() -> None:
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
+def test_store_kv_writes_pool_and_dense_rows(kv_dtype: torch.dtype) -> None:
+    """fp32 caches take the rows as they are; fp16 caches as torch rounds them (to nearest
+    even, subnormals and overflow included)."""
     t, kvh, d = 5, 3, 64
     qkv = torch.randn(t, (9 + 2 * kvh) * d)
+    qkv[0, 9 * d : 9 * d + 4] = torch.tensor([1e-6, -3e-8, 7e4, 1.0 + 2**-11])
     k = qkv[:, 9 * d : (9 + kvh) * d].view(t, kvh, d)
     v = qkv[:, (9 + kvh) * d :].view(t, kvh, d)
-    k_pool, v_pool = torch.zeros(100, kvh, d), torch.zeros(100, kvh, d)
-    k_dense, v_dense = torch.zeros(50, kvh, d), torch.zeros(50, kvh, d)
+    k_pool = torch.zeros(100, kvh, d, dtype=kv_dtype)
+    v_pool = torch.zeros(100, kvh, d, dtype=kv_dtype)
+    k_dense = torch.zeros(50, kvh, d, dtype=kv_dtype)
+    v_dense = torch.zeros(50, kvh, d, dtype=kv_dtype)
     slots = torch.tensor([7, 3, 99, 0, 42])
     rows = torch.tensor([10, 20])  # the first two tokens are decodes
-    assert cpu_ops.can_store_kv(k, v, slots)
+    assert cpu_ops.can_store_kv(k, v, slots, k_pool)
     cpu_ops.store_kv(k, v, k_pool, v_pool, slots, (k_dense, v_dense, rows))
-    exp_k, exp_v = torch.zeros(100, kvh, d), torch.zeros(100, kvh, d)
-    exp_k.index_copy_(0, slots, k)
-    exp_v.index_copy_(0, slots, v)
+    exp_k = torch.zeros(100, kvh, d, dtype=kv_dtype)
+    exp_v = torch.zeros(100, kvh, d, dtype=kv_dtype)
+    exp_k.index_copy_(0, slots, k.to(kv_dtype))
+    exp_v.index_copy_(0, slots, v.to(kv_dtype))
     assert torch.equal(k_pool, exp_k) and torch.equal(v_pool, exp_v)
-    assert torch.equal(k_dense[rows], k[:2]) and torch.equal(v_dense[rows], v[:2])
+    assert torch.equal(k_dense[rows], k[:2].to(kv_dtype))
+    assert torch.equal(v_dense[rows], v[:2].to(kv_dtype))
     untouched = torch.ones(50, dtype=torch.bool)
     untouched[rows] = False
     assert not k_dense[untouched].any() and not v_dense[untouched].any()
+
+
+def test_store_kv_refuses_caches_it_cannot_write() -> None:
+    k = v = torch.randn(2, 3, 64)
+    assert not cpu_ops.can_store_kv(
+        k, v, torch.tensor([0, 1]), torch.zeros(4, 3, 64, dtype=torch.bfloat16)
+    )
 
 
 def _dense_kv(b: int, kvh: int, cap: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,6 +128,7 @@ def _dense_kv(b: int, kvh: int, cap: int, d: int) -> tuple[torch.Tensor, torch.T
     return buf[0].transpose(1, 2), buf[1].transpose(1, 2)
 
 
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize(
     ("b", "heads", "kv_heads", "d", "n", "lo", "masked"),
     [
@@ -121,14 +137,17 @@ def _dense_kv(b: int, kvh: int, cap: int, d: int) -> tuple[torch.Tensor, torch.T
         (3, 8, 8, 128, 130, 0, True),  # padded batch, no GQA
         (4, 12, 2, 64, 400, 150, True),  # a sliding window: keys from 150 on, masked rows
         (2, 32, 2, 64, 260, 0, True),  # a group of 16 query heads per key head
+        (3, 6, 2, 40, 70, 0, True),  # head_dim 40: the kernel's generic loop
     ],
 )
 def test_decode_attention_matches_sdpa(
-    b: int, heads: int, kv_heads: int, d: int, n: int, lo: int, masked: bool
+    b: int, heads: int, kv_heads: int, d: int, n: int, lo: int, masked: bool, kv_dtype
 ) -> None:
+    """Against SDPA on the cache's values widened to fp32 (an fp16 cache is read as it is
+    stored, so only the order of the sums differs)."""
     torch.manual_seed(n)
     cap = n + 5
-    k_all, v_all = _dense_kv(b, kv_heads, cap, d)
+    k_all, v_all = (t.to(kv_dtype) for t in _dense_kv(b, kv_heads, cap, d))
     qkv = torch.randn(b, (heads + 2 * kv_heads) * d)
     q = qkv[:, : heads * d].view(b, heads, d)
     mask = None
@@ -141,8 +160,8 @@ def test_decode_attention_matches_sdpa(
     got = cpu_ops.decode_attention(q, k_all, v_all, lo, n, mask, d**-0.5)
     expected = F.scaled_dot_product_attention(
         q.unsqueeze(2),
-        k_all[:, :, lo:n],
-        v_all[:, :, lo:n],
+        k_all[:, :, lo:n].float(),
+        v_all[:, :, lo:n].float(),
         attn_mask=mask,
         scale=d**-0.5,
         enable_gqa=True,

@@ -113,3 +113,37 @@ def test_portable_engine_gives_the_vector_builds_tokens(
     torch.testing.assert_close(
         torch.tensor(logprobs), torch.tensor(vector_logprobs), rtol=0, atol=1e-4
     )
+
+
+def test_portable_fp16_kv_cache_rounds_and_reads_as_torch(portable, monkeypatch) -> None:
+    """The portable build's scalar fp16 conversions (no F16C): a store rounds as torch does
+    (to nearest even; subnormals, overflow, infinities and NaN), and attention reads the
+    rows back as the values they hold."""
+    from tritium.engine.layers import cpu_ops
+
+    monkeypatch.setattr(native, "library", lambda: portable)
+    edge = torch.tensor(
+        [1e-8, 3e-8, 6e-8, -2.9802322e-08, 5.96e-8, 6.1e-5, 65504.0, 65519.0, 65520.0, 1e6,
+         -float("inf"), float("nan"), 1.0 + 2**-11, 1.0 + 3 * 2**-11, -0.0, 2.0**-24]
+    )  # fmt: skip
+    torch.manual_seed(0)
+    k = torch.randn(3, 2, 16)
+    k[0, 0] = edge
+    v = torch.randn(3, 2, 16)
+    k_pool = torch.zeros(8, 2, 16, dtype=torch.float16)
+    v_pool = torch.zeros(8, 2, 16, dtype=torch.float16)
+    slots = torch.tensor([5, 0, 2])
+    cpu_ops.store_kv(k, v, k_pool, v_pool, slots)
+    expected = k.half()
+    assert torch.equal(k_pool[slots].view(torch.int16), expected.view(torch.int16))
+    assert torch.equal(v_pool[slots], v.half())
+
+    b, kvh, heads, d, n = 2, 2, 4, 40, 30
+    buf = torch.randn(2, b, n, kvh, d).half()
+    k_all, v_all = buf[0].transpose(1, 2), buf[1].transpose(1, 2)
+    q = torch.randn(b, heads, d)
+    got = cpu_ops.decode_attention(q, k_all, v_all, 0, n, None, d**-0.5)
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q.unsqueeze(2), k_all.float(), v_all.float(), scale=d**-0.5, enable_gqa=True
+    ).reshape(b, -1)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)

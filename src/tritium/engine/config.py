@@ -25,6 +25,10 @@ _DTYPES = {
 }
 
 
+#: Explicit `kv_cache_dtype` values.
+KV_CACHE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
 def cpu_has_bf16() -> bool:
     """True when the CPU computes bf16 natively (AVX-512 BF16 or AMX); else bf16 is emulated
     and slower than fp32 for batched matmuls."""
@@ -69,6 +73,9 @@ class EngineArgs:
     # 16-bit float weights stay 16-bit under fp32 math); one of CPU_WEIGHT_FORMATS: that
     # format for every weight; "none": every weight in `dtype`.
     quantization: str | None = None
+    # auto: the compute dtype; float16 on CPU under fp32 math holds twice the tokens in the
+    # same kv_cache_memory_bytes (llama.cpp's default cache). On CUDA only the compute dtype.
+    kv_cache_dtype: str = "auto"  # auto | float16 | bfloat16 | float32
     trust_remote_code: bool = False  # accepted for vLLM compatibility, ignored
     disable_log_stats: bool = True
 
@@ -88,6 +95,11 @@ class EngineArgs:
                 f"quantization={self.quantization!r} is not supported: leave it unset "
                 "(follow the checkpoint), or use 'q4', 'int8', 'bf16' or 'fp16' (CPU weight "
                 "formats) or 'none'"
+            )
+        if self.kv_cache_dtype not in ("auto", *KV_CACHE_DTYPES):
+            raise ValueError(
+                "kv_cache_dtype must be auto, float16, bfloat16 or float32; "
+                f"got {self.kv_cache_dtype!r}"
             )
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size must be a power of two; got {self.block_size}")

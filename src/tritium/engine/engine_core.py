@@ -9,7 +9,7 @@ import logging
 import torch
 
 from tritium.engine.block_manager import BlockManager
-from tritium.engine.config import CPU_WEIGHT_FORMATS, EngineArgs
+from tritium.engine.config import CPU_WEIGHT_FORMATS, KV_CACHE_DTYPES, EngineArgs
 from tritium.engine.layers import quant_kernel
 from tritium.engine.loader import (
     Checkpoint,
@@ -100,6 +100,23 @@ def resolve_quantization(args: EngineArgs, ckpt: Checkpoint) -> str | dict[str, 
     return formats if formats and quant_kernel.is_available() else None
 
 
+def resolve_kv_cache_dtype(args: EngineArgs, dtype: torch.dtype) -> torch.dtype:
+    """The KV cache's dtype: the compute dtype for "auto", else `args.kv_cache_dtype`. On
+    CPU an fp16 cache under fp32 math holds twice the tokens in the same memory (the C ops
+    widen its rows as they read them); on CUDA the cache is in the compute dtype."""
+    if args.kv_cache_dtype == "auto":
+        return dtype
+    kv = KV_CACHE_DTYPES[args.kv_cache_dtype]
+    if kv != dtype and args.resolved_device().type != "cpu":
+        raise ValueError(
+            f"kv_cache_dtype={args.kv_cache_dtype!r}: on CUDA the cache is in the compute "
+            f"dtype ({str(dtype).removeprefix('torch.')})"
+        )
+    if kv == torch.bfloat16 and dtype != torch.bfloat16:
+        raise ValueError("kv_cache_dtype='bfloat16' needs dtype='bfloat16'")
+    return kv
+
+
 def stored_half_formats(ckpt: Checkpoint) -> dict[str, str]:
     """The weights the checkpoint stores as bf16 or fp16 ("bf16", "fp16" by name) when the
     model computes in fp32; none otherwise (they are cast to the compute dtype anyway)."""
@@ -144,9 +161,11 @@ class EngineCore:
         cached = None
         if quantization is not None:
             cached = prepared.for_checkpoint(ckpt, quantization, tables)
+        kv_dtype = resolve_kv_cache_dtype(args, ckpt.dtype)
         self.runner = ModelRunner(
-            args, cfg, ckpt.weights(), max_len, quantization, cached, tables=tables
-        )
+            args, cfg, ckpt.weights(), max_len, quantization, cached, tables=tables,
+            kv_dtype=kv_dtype,
+        )  # fmt: skip
         # One sequence must always fit in the pool, or it would preempt itself forever.
         self.max_model_len = min(max_len, self.runner.num_blocks * args.block_size)
         self.block_manager = BlockManager(

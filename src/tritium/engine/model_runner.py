@@ -52,14 +52,17 @@ class ModelRunner:
         quantization: str | dict[str, str] | None = None,
         cached: PreparedWeights | None = None,
         tables: str | dict[str, str] | None = None,
+        kv_dtype: torch.dtype | None = None,
     ) -> None:
         """`cached`: the cache entry of these weights in `quantization`'s formats
         (loader/prepared.py), read instead of `weights` when it exists, written when not
         (for formats worth it); None loads from `weights` alone. `tables`: the formats of
         the embedding tables (engine_core.resolve_table_formats), `quantization`'s when
-        None."""
+        None. `kv_dtype`: the KV cache's (engine_core.resolve_kv_cache_dtype), the compute
+        dtype when None."""
         self.device = args.resolved_device()
         self.dtype = args.resolved_dtype()
+        self.kv_dtype = self.dtype if kv_dtype is None else kv_dtype
         self.block_size = args.block_size
         self.vocab_size = hf_config.vocab_size
         self.max_model_len = max_model_len
@@ -97,7 +100,7 @@ class ModelRunner:
         # cannot hide (NaN - inf is NaN; 0 * NaN is NaN).
         self.kv_cache = torch.zeros(
             2, len(self.attn_layers), self.num_blocks, self.block_size, self.num_kv_heads,
-            self.head_dim, dtype=self.dtype, device=self.device,
+            self.head_dim, dtype=self.kv_dtype, device=self.device,
         )  # fmt: skip
         for i, layer in enumerate(self.attn_layers):
             layer.k_cache, layer.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
@@ -125,7 +128,7 @@ class ModelRunner:
     @property
     def block_bytes(self) -> int:
         """Bytes of one block across all layers, keys and values."""
-        elt = torch.empty(0, dtype=self.dtype).element_size()
+        elt = torch.empty(0, dtype=self.kv_dtype).element_size()
         return 2 * len(self.attn_layers) * self.block_size * self.num_kv_heads * self.head_dim * elt
 
     def _num_blocks(self, args: EngineArgs) -> int:

@@ -105,7 +105,7 @@ class Attention(nn.Module):
         kc, vc = self._flat
         nd = meta.num_decodes
         # The C ops write the pool and the contiguous decode copy in one call (fp32 CPU).
-        fast = cpu_ops.enabled(q) and cpu_ops.can_store_kv(k, v, meta.slot_mapping)
+        fast = cpu_ops.enabled(q) and cpu_ops.can_store_kv(k, v, meta.slot_mapping, kc)
         if fast:
             dense = None
             if nd and meta.decode_views is not None:
@@ -114,8 +114,8 @@ class Attention(nn.Module):
                 dense = (k_flat, v_flat, meta.decode_rows)
             cpu_ops.store_kv(k, v, kc, vc, meta.slot_mapping, dense)
         else:
-            kc.index_copy_(0, meta.slot_mapping, k)
-            vc.index_copy_(0, meta.slot_mapping, v)
+            kc.index_copy_(0, meta.slot_mapping, k.to(kc.dtype))
+            vc.index_copy_(0, meta.slot_mapping, v.to(vc.dtype))
         if not meta.prefills:
             return self.decode_attention(q, k, v, meta, fast).reshape(q.shape[0], -1)
         out = torch.empty_like(q)
@@ -124,6 +124,13 @@ class Attention(nn.Module):
         for chunk in meta.prefills:
             out[chunk.start : chunk.end] = self.prefill_attention(q, k, v, kc, vc, chunk)
         return out.view(q.shape[0], -1)
+
+    def _as_cached(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` at the cache's precision, in x's dtype: a prompt attends to its own keys and
+        values as the cache holds them, so a later chunk or a prefix-cache hit, which read
+        them from the cache, computes what this step does."""
+        dtype = self.k_cache.dtype
+        return x if x.dtype == dtype else x.to(dtype).to(x.dtype)
 
     def decode_attention(
         self,
@@ -147,8 +154,8 @@ class Attention(nn.Module):
                 out = cpu_ops.decode_attention(q, k_all, v_all, lo, n, mask, self.scale)
                 return out.view(q.shape)
             if not fast:
-                k_flat.index_copy_(0, meta.decode_rows, k)
-                v_flat.index_copy_(0, meta.decode_rows, v)
+                k_flat.index_copy_(0, meta.decode_rows, k.to(k_flat.dtype))
+                v_flat.index_copy_(0, meta.decode_rows, v.to(v_flat.dtype))
             k, v = k_all[:, :, lo:n], v_all[:, :, lo:n]  # [B, KVH, n, D]
         else:  # gather this layer's blocks (the cache already holds this step's token)
             assert meta.block_tables is not None
@@ -159,8 +166,8 @@ class Attention(nn.Module):
             v = v.view(b, -1, self.num_kv_heads, self.head_dim)[:, lo:n].transpose(1, 2)
         o = F.scaled_dot_product_attention(
             q.unsqueeze(2),  # [B, H, 1, D]
-            k,
-            v,
+            k.to(q.dtype),  # a cache in another dtype (kv_cache_dtype) is widened here
+            v.to(q.dtype),
             attn_mask=mask,
             scale=self.scale,
             enable_gqa=True,
@@ -181,7 +188,7 @@ class Attention(nn.Module):
         qs = q[s:e].transpose(0, 1).unsqueeze(0)  # [1, H, n, D]
         windowed = self.sliding_window is not None and chunk.window_mask is not None
         if chunk.context_len == 0:
-            ks, vs, mask, causal = k[s:e], v[s:e], None, True
+            ks, vs, mask, causal = self._as_cached(k[s:e]), self._as_cached(v[s:e]), None, True
             if windowed:  # window_start is 0: the first query sees the first key
                 mask, causal = chunk.window_mask, False
         else:
@@ -189,7 +196,7 @@ class Attention(nn.Module):
             slots, mask = chunk.kv_slots, chunk.mask
             if windowed:
                 slots, mask = slots[chunk.window_start :], chunk.window_mask
-            ks, vs, causal = kc[slots], vc[slots], False
+            ks, vs, causal = kc[slots].to(q.dtype), vc[slots].to(q.dtype), False
         o = F.scaled_dot_product_attention(
             qs,
             ks.transpose(0, 1).unsqueeze(0),

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 MAX_GROUP = 16
 MAX_HEAD_DIM = 512
 
+#: KV cache dtypes the C ops read and write (fp16 rows are widened as they are read).
+KV_DTYPES = (torch.float32, torch.float16)
+
 
 @functools.cache
 def _available() -> bool:
@@ -105,14 +108,19 @@ def store_kv(
     native.library().tritium_store_kv(
         k.data_ptr(), v.data_ptr(), t, k.stride(0), width, k_pool.data_ptr(),
         v_pool.data_ptr(), slots.data_ptr(), kd, vd, rows, num_rows,
+        int(k_pool.dtype == torch.float16),
     )  # fmt: skip
 
 
-def can_store_kv(k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> bool:
-    """Whether store_kv takes these views: heads and dims contiguous, one row stride."""
+def can_store_kv(
+    k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor, cache: torch.Tensor
+) -> bool:
+    """Whether store_kv takes these views (heads and dims contiguous, one row stride) into
+    a cache of `cache`'s dtype."""
     d = k.shape[2]
     return (
-        k.stride(1) == d
+        cache.dtype in KV_DTYPES
+        and k.stride(1) == d
         and k.stride(2) == 1
         and v.stride() == k.stride()
         and slots.dtype == torch.int64
@@ -130,8 +138,8 @@ def decode_attention(
     scale: float,
 ) -> torch.Tensor:
     """One query per sequence: q [B, H, D] (rows of one buffer) against keys and values
-    [B, KVH, tokens, D] (same strides, D contiguous), positions [lo, n), with the additive
-    mask [B, 1, 1, n - lo] when given -> [B, H * D]."""
+    [B, KVH, tokens, D] (same strides and dtype, fp32 or fp16, D contiguous), positions
+    [lo, n), with the additive mask [B, 1, 1, n - lo] when given -> [B, H * D]."""
     b, h, d = q.shape
     kvh = k.shape[1]
     out = q.new_empty(b, h * d)
@@ -140,7 +148,8 @@ def decode_attention(
     sb, sh, st, _ = k.stride()
     native.library().tritium_decode_attention(
         q.data_ptr(), q.stride(0), b, h, kvh, d, k.data_ptr(), v.data_ptr(), sb, sh, st,
-        lo, n, None if mask is None else mask.data_ptr(), scale, out.data_ptr(),
+        lo, n, None if mask is None else mask.data_ptr(), scale,
+        int(k.dtype == torch.float16), out.data_ptr(),
     )  # fmt: skip
     return out
 
@@ -154,7 +163,9 @@ def can_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> b
     """Whether decode_attention takes these tensors (layouts and the kernel's limits)."""
     d = q.shape[2]
     return (
-        q.stride(2) == 1
+        k.dtype in KV_DTYPES
+        and v.dtype == k.dtype
+        and q.stride(2) == 1
         and q.stride(1) == d
         and k.stride(3) == 1
         and v.stride() == k.stride()
@@ -245,7 +256,8 @@ def decode_layer(
         sin.data_ptr(), attn.k_cache.data_ptr(), attn.v_cache.data_ptr(),
         meta.slot_mapping.data_ptr(), k_flat.data_ptr(), v_flat.data_ptr(),
         meta.decode_rows.data_ptr(), sb, sh, st, lo, meta.decode_len,
-        None if mask is None else mask.data_ptr(), work.data_ptr(), torch.get_num_threads(),
+        None if mask is None else mask.data_ptr(), int(attn.k_cache.dtype == torch.float16),
+        work.data_ptr(), torch.get_num_threads(),
     )  # fmt: skip
     if rc != 0:
         raise MemoryError("decode layer: cannot allocate a kernel's scratch buffer")

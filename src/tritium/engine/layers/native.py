@@ -50,16 +50,35 @@ SIGNATURES: dict[str, tuple[list, object]] = {
     "tritium_rope": ([_p, _i64, _i64, _i64, _i64, _p, _p], None),
     # gate_up, T, I, out
     "tritium_silu_mul": ([_p, _i64, _i64, _p], None),
-    # k, v, T, row stride, width, k pool, v pool, slots, k dense, v dense, rows, num rows
-    "tritium_store_kv": ([_p, _p, _i64, _i64, _i64, _p, _p, _p, _p, _p, _p, _i64], None),
+    # k, v, T, row stride, width, k pool, v pool, slots, k dense, v dense, rows, num rows,
+    # kv_half (the caches hold fp16)
+    "tritium_store_kv": ([_p, _p, _i64, _i64, _i64, _p, _p, _p, _p, _p, _p, _i64, _int], None),
     # q, q row stride, B, H, KVH, D, k, v, k/v strides (batch, head, token), lo, n, mask,
-    # scale, out
+    # scale, kv_half, out
     "tritium_decode_attention": (
-        [_p, _i64, _i64, _i64, _i64, _i64, _p, _p, _i64, _i64, _i64, _i64, _i64, _p, _f32, _p],
+        [
+            _p,
+            _i64,
+            _i64,
+            _i64,
+            _i64,
+            _i64,
+            _p,
+            _p,
+            _i64,
+            _i64,
+            _i64,
+            _i64,
+            _i64,
+            _p,
+            _f32,
+            _int,
+            _p,
+        ],
         None,
     ),
     # layer, x, residual, B, cos, sin, k pool, v pool, slots, k dense, v dense, rows,
-    # dense strides (batch, head, token), lo, n, mask, work, threads
+    # dense strides (batch, head, token), lo, n, mask, kv_half, work, threads
     "tritium_decode_layer": (
         [
             _p,
@@ -80,6 +99,7 @@ SIGNATURES: dict[str, tuple[list, object]] = {
             _i64,
             _i64,
             _p,
+            _int,
             _p,
             _int,
         ],

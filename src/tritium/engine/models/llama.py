@@ -147,7 +147,8 @@ class LlamaDecoderLayer(nn.Module):
     def decode_params(self) -> cpu_ops.LayerParams | None:
         """This layer as one C call for decode steps (cpu_ops.decode_layer), or None where
         the C layer does not cover it: a weight in a plain tensor, norms not in fp32 or with
-        different eps, or a head layout outside the attention kernel's limits."""
+        different eps, a head layout outside the attention kernel's limits, or a KV cache in
+        a dtype it does not read."""
         attn, mlp = self.self_attn, self.mlp
         linears = [cpu_ops.linear_params(m) for m in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)]  # fmt: skip
         norms = (self.input_layernorm.weight, self.post_attention_layernorm.weight)
@@ -157,6 +158,7 @@ class LlamaDecoderLayer(nn.Module):
             or (attn.qk_norm and attn.q_norm.eps != self.input_layernorm.eps)
             or any(w.dtype != torch.float32 for w in norms)
             or not cpu_ops.heads_fit(attn.num_heads, attn.num_kv_heads, attn.head_dim)
+            or attn.attn.k_cache.dtype not in cpu_ops.KV_DTYPES
             or self.input_layernorm.eps != self.post_attention_layernorm.eps
         ):
             return None

@@ -138,19 +138,37 @@ void tritium_silu_mul(const float* gate_up, int64_t T, int64_t I, float* out) {
   }
 }
 
+/* One row of `width` floats into a cache row: as it is (fp32 caches) or rounded to fp16. */
+static inline void cache_row(void* dst, const float* src, int64_t width, int kv_half) {
+  if (!kv_half) {
+    memcpy(dst, src, sizeof(float) * (size_t)width);
+    return;
+  }
+  uint16_t* d = (uint16_t*)dst;
+  int64_t i = 0;
+#ifdef __F16C__
+  for (; i + 8 <= width; i += 8)
+    _mm_storeu_si128((__m128i*)(d + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+#endif
+  for (; i < width; ++i) d[i] = fp32_to_fp16(src[i]);
+}
+
 void tritium_store_kv(const float* k, const float* v, int64_t T, int64_t row_stride,
-                      int64_t width, float* k_pool, float* v_pool, const int64_t* slots,
-                      float* k_dense, float* v_dense, const int64_t* rows, int64_t num_rows) {
+                      int64_t width, void* k_pool, void* v_pool, const int64_t* slots,
+                      void* k_dense, void* v_dense, const int64_t* rows, int64_t num_rows,
+                      int kv_half) {
   /* k, v: T rows of `width` floats, `row_stride` apart (views into the qkv rows). Token t
-   * goes to pool row slots[t]; the first num_rows tokens also to dense row rows[t]. */
-  const size_t bytes = sizeof(float) * (size_t)width;
+   * goes to pool row slots[t]; the first num_rows tokens also to dense row rows[t]. The
+   * caches hold fp32, or fp16 when kv_half. */
+  const int64_t row_bytes = (kv_half ? 2 : 4) * width;
   for (int64_t t = 0; t < T; ++t) {
-    memcpy(k_pool + slots[t] * width, k + t * row_stride, bytes);
-    memcpy(v_pool + slots[t] * width, v + t * row_stride, bytes);
+    cache_row((char*)k_pool + slots[t] * row_bytes, k + t * row_stride, width, kv_half);
+    cache_row((char*)v_pool + slots[t] * row_bytes, v + t * row_stride, width, kv_half);
   }
   for (int64_t t = 0; t < num_rows; ++t) {
-    memcpy(k_dense + rows[t] * width, k + t * row_stride, bytes);
-    memcpy(v_dense + rows[t] * width, v + t * row_stride, bytes);
+    cache_row((char*)k_dense + rows[t] * row_bytes, k + t * row_stride, width, kv_half);
+    cache_row((char*)v_dense + rows[t] * row_bytes, v + t * row_stride, width, kv_half);
   }
 }
 
@@ -181,11 +199,45 @@ static inline void axpy(float* y, float a, const float* x, int64_t n) {
   for (; i < n; ++i) y[i] += a * x[i];
 }
 
+/* dot and axpy against a cache row of fp32, or fp16 (kv_half) widened as it is read. */
+static inline float dot_kv(const float* a, const void* row, int64_t n, int kv_half) {
+  if (!kv_half) return dot(a, (const float*)row, n);
+  const uint16_t* h = (const uint16_t*)row;
+  int64_t i = 0;
+  float s = 0.0f;
+#ifdef HAVE_AVX2
+  __m256 acc = _mm256_setzero_ps();
+  for (; i + 8 <= n; i += 8)
+    acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i),
+                          _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(h + i))), acc);
+  s = hsum(acc);
+#endif
+  for (; i < n; ++i) s += a[i] * fp16_to_fp32(h[i]);
+  return s;
+}
+
+static inline void axpy_kv(float* y, float a, const void* row, int64_t n, int kv_half) {
+  if (!kv_half) {
+    axpy(y, a, (const float*)row, n);
+    return;
+  }
+  const uint16_t* h = (const uint16_t*)row;
+  int64_t i = 0;
+#ifdef HAVE_AVX2
+  const __m256 av = _mm256_set1_ps(a);
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(h + i))),
+                                            _mm256_loadu_ps(y + i)));
+#endif
+  for (; i < n; ++i) y[i] += a * fp16_to_fp32(h[i]);
+}
+
 #define KEY_CHUNK 128
 #define MAX_GROUP 16
 #define MAX_HEAD_DIM 512
 
-#ifdef __AVX512F__
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define HAVE_AVX512 1
 /* exp(x) for the x <= 0 of a softmax (a score minus the running maximum): Cephes' expf
  * polynomial, within 2 ulp of expf; 0 for -inf and below -87.3. */
 static inline __m512 exp512(__m512 x) {
@@ -223,12 +275,50 @@ static inline __m512 sum_lanes16(const __m512* a) {
   return _mm512_add_ps(_mm512_shuffle_ps(e[0], e[1], 0x44), _mm512_shuffle_ps(e[0], e[1], 0xEE));
 }
 
+/* 16 values of a cache row from element e: fp32, or fp16 widened; zeros where `live` is
+ * clear (a masked key's row may hold NaN, and is not read). */
+static inline __m512 load16_kv(const void* row, int64_t e, int kv_half, __mmask16 live) {
+  if (kv_half) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(live, (const uint16_t*)row + e));
+  return _mm512_maskz_loadu_ps(live, (const float*)row + e);
+}
+
+/* acc[0..nd) += sum over keys j of p[j] * v[j] (nd vectors of 16 per value row, rows
+ * row_bytes apart), two keys at a time into separate sums (an FMA chain per accumulator
+ * waits on its latency). A key whose p is 0 (masked) loads zeros instead of its row. */
+static inline __attribute__((always_inline)) void value_sums(const float* p, int64_t nj,
+                                                             const char* v, int64_t row_bytes,
+                                                             int64_t nd, int kv_half,
+                                                             __m512* acc) {
+  __m512 odd[8];
+  for (int t = 0; t < 8; ++t) odd[t] = _mm512_setzero_ps();
+  const __m512 zero = _mm512_setzero_ps();
+  int64_t j = 0;
+  for (; j + 2 <= nj; j += 2) {
+    const __m512 p0 = _mm512_set1_ps(p[j]), p1 = _mm512_set1_ps(p[j + 1]);
+    const __mmask16 live0 = _mm512_cmp_ps_mask(p0, zero, _CMP_NEQ_UQ);
+    const __mmask16 live1 = _mm512_cmp_ps_mask(p1, zero, _CMP_NEQ_UQ);
+    const char* v0 = v + j * row_bytes;
+    const char* v1 = v0 + row_bytes;
+    for (int64_t t = 0; t < nd; ++t) {
+      acc[t] = _mm512_fmadd_ps(p0, load16_kv(v0, 16 * t, kv_half, live0), acc[t]);
+      odd[t] = _mm512_fmadd_ps(p1, load16_kv(v1, 16 * t, kv_half, live1), odd[t]);
+    }
+  }
+  if (j < nj) {
+    const __m512 p0 = _mm512_set1_ps(p[j]);
+    const __mmask16 live0 = _mm512_cmp_ps_mask(p0, zero, _CMP_NEQ_UQ);
+    for (int64_t t = 0; t < nd; ++t)
+      acc[t] = _mm512_fmadd_ps(p0, load16_kv(v + j * row_bytes, 16 * t, kv_half, live0), acc[t]);
+  }
+  for (int64_t t = 0; t < nd; ++t) acc[t] = _mm512_add_ps(acc[t], odd[t]);
+}
+
 /* The heads of one KV head (q and out: `group` rows of D, D a multiple of 16 up to 128)
  * against keys/values [0, len) at kb/vb, as the generic loop below computes it: scores 16
  * keys at a time, exp 16 at a time, the value sum in registers. */
-static void attend_group_avx512(const float* q, int64_t group, int64_t D, const float* kb,
-                                const float* vb, int64_t stride_t, int64_t len,
-                                const float* mb, float scale, float* out) {
+static void attend_group_avx512(const float* q, int64_t group, int64_t D, const char* kb,
+                                const char* vb, int64_t row_bytes, int64_t len,
+                                const float* mb, float scale, int kv_half, float* out) {
   float scores[KEY_CHUNK] __attribute__((aligned(64)));
   const int64_t nd = D / 16;
   for (int64_t g = 0; g < group; ++g) {
@@ -246,11 +336,12 @@ static void attend_group_avx512(const float* q, int64_t group, int64_t D, const 
           const __m512 qv = _mm512_loadu_ps(qh + 16 * t);
           for (int i = 0; i < 16; ++i)
             a[i] = _mm512_fmadd_ps(
-                qv, _mm512_loadu_ps(kb + (j0 + j + KEY_ORDER[i]) * stride_t + 16 * t), a[i]);
+                qv, load16_kv(kb + (j0 + j + KEY_ORDER[i]) * row_bytes, 16 * t, kv_half, 0xFFFF),
+                a[i]);
         }
         _mm512_store_ps(scores + j, _mm512_mul_ps(sum_lanes16(a), _mm512_set1_ps(scale)));
       }
-      for (; j < nj; ++j) scores[j] = dot(qh, kb + (j0 + j) * stride_t, D) * scale;
+      for (; j < nj; ++j) scores[j] = dot_kv(qh, kb + (j0 + j) * row_bytes, D, kv_half) * scale;
       float m = -INFINITY;
       for (j = 0; j < nj; ++j) {
         /* A masked key's score is dropped whatever it is: past a sequence's end the rows
@@ -272,13 +363,13 @@ static void attend_group_avx512(const float* q, int64_t group, int64_t D, const 
         sums = _mm512_add_ps(sums, p);
       }
       run_sum += _mm512_reduce_add_ps(sums);
-      for (j = 0; j < nj; ++j) {
-        if (scores[j] == 0.0f) continue; /* masked (or too small to count) */
-        const __m512 p = _mm512_set1_ps(scores[j]);
-        const float* vr = vb + (j0 + j) * stride_t;
-        for (int t = 0; t < 8; ++t)
-          if (t < nd) acc[t] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vr + 16 * t), acc[t]);
-      }
+      /* head_dim 64: the loop specialized, its accumulators in registers */
+      if (nd == 4 && kv_half)
+        value_sums(scores, nj, vb + j0 * row_bytes, row_bytes, 4, 1, acc);
+      else if (nd == 4)
+        value_sums(scores, nj, vb + j0 * row_bytes, row_bytes, 4, 0, acc);
+      else
+        value_sums(scores, nj, vb + j0 * row_bytes, row_bytes, nd, kv_half, acc);
       run_max = new_max;
     }
     const __m512 inv = _mm512_set1_ps(run_sum > 0.0f ? 1.0f / run_sum : 0.0f);
@@ -288,25 +379,27 @@ static void attend_group_avx512(const float* q, int64_t group, int64_t D, const 
 #endif
 
 void tritium_decode_attention(const float* q, int64_t q_row_stride, int64_t B, int64_t H,
-                              int64_t KVH, int64_t D, const float* k, const float* v,
+                              int64_t KVH, int64_t D, const void* k, const void* v,
                               int64_t stride_b, int64_t stride_h, int64_t stride_t, int64_t lo,
-                              int64_t n, const float* mask, float scale, float* out) {
+                              int64_t n, const float* mask, float scale, int kv_half,
+                              float* out) {
   /* q: B rows of H heads of D (row b at q + b * q_row_stride); k, v: [B, KVH, tokens, D]
-   * with the given strides (in floats; D contiguous); each sequence attends to keys
-   * [lo, n), adding mask[b, j - lo] ([B, n - lo]) when given.
+   * with the given strides (in elements: fp32, or fp16 when kv_half; D contiguous); each
+   * sequence attends to keys [lo, n), adding mask[b, j - lo] ([B, n - lo]) when given.
    * out: [B, H * D]. Online softmax over chunks of keys, in fp32. Requires H / KVH <=
    * MAX_GROUP and D <= MAX_HEAD_DIM (the caller checks). */
-  const int64_t group = H / KVH, len = n - lo;
+  const int64_t group = H / KVH, len = n - lo, elt = kv_half ? 2 : 4;
 #pragma omp parallel for schedule(static) collapse(2) if (B * H * len * D >= PARALLEL_WORK)
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t kh = 0; kh < KVH; ++kh) {
-      const float* kb = k + b * stride_b + kh * stride_h + lo * stride_t;
-      const float* vb = v + b * stride_b + kh * stride_h + lo * stride_t;
+      const char* kb = (const char*)k + (b * stride_b + kh * stride_h + lo * stride_t) * elt;
+      const char* vb = (const char*)v + (b * stride_b + kh * stride_h + lo * stride_t) * elt;
+      const int64_t row_bytes = stride_t * elt;
       const float* mb = mask ? mask + b * len : NULL;
-#ifdef __AVX512F__
+#ifdef HAVE_AVX512
       if (D % 16 == 0 && D <= 128) {
-        attend_group_avx512(q + b * q_row_stride + kh * group * D, group, D, kb, vb, stride_t,
-                            len, mb, scale, out + b * H * D + kh * group * D);
+        attend_group_avx512(q + b * q_row_stride + kh * group * D, group, D, kb, vb, row_bytes,
+                            len, mb, scale, kv_half, out + b * H * D + kh * group * D);
         continue;
       }
 #endif
@@ -329,7 +422,7 @@ void tritium_decode_attention(const float* q, int64_t q_row_stride, int64_t B, i
               scores[j] = -INFINITY;
               continue;
             }
-            float s = dot(qh, kb + (j0 + j) * stride_t, D) * scale;
+            float s = dot_kv(qh, kb + (j0 + j) * row_bytes, D, kv_half) * scale;
             if (mb) s += mb[j0 + j];
             scores[j] = s;
             if (s > m) m = s;
@@ -343,7 +436,7 @@ void tritium_decode_attention(const float* q, int64_t q_row_stride, int64_t B, i
             if (scores[j] == -INFINITY) continue; /* masked: its value row is not read */
             const float p = expf(scores[j] - new_max);
             run_sum[g] += p;
-            axpy(acc[g], p, vb + (j0 + j) * stride_t, D);
+            axpy_kv(acc[g], p, vb + (j0 + j) * row_bytes, D, kv_half);
           }
           run_max[g] = new_max;
         }
@@ -400,13 +493,14 @@ static int run_linear(const TritiumLinear* l, const float* x, int64_t M, float* 
  * order as the layer's Python forward with the C ops, so the results are identical; one call
  * instead of ~40 Python-level operations. work: floats for h, qkv, attn and gate_up
  * (B * (hidden + qkv width + heads * head_dim + 3 * intermediate)). k/v pool, slots, dense
- * rows, strides, lo, n and mask as for tritium_store_kv and tritium_decode_attention. */
+ * rows, strides, lo, n, mask and kv_half as for tritium_store_kv and
+ * tritium_decode_attention. */
 int tritium_decode_layer(const TritiumLayer* L, float* x, float* residual, int64_t B,
-                         const float* cos, const float* sin, float* k_pool, float* v_pool,
-                         const int64_t* slots, float* k_dense, float* v_dense,
+                         const float* cos, const float* sin, void* k_pool, void* v_pool,
+                         const int64_t* slots, void* k_dense, void* v_dense,
                          const int64_t* rows, int64_t stride_b, int64_t stride_h,
                          int64_t stride_t, int64_t lo, int64_t n, const float* mask,
-                         float* work, int threads) {
+                         int kv_half, float* work, int threads) {
   const int64_t D = L->head_dim, qw = L->heads * D, kvw = L->kv_heads * D;
   const int64_t width = qw + 2 * kvw;
   float* h = work;
@@ -422,9 +516,9 @@ int tritium_decode_layer(const TritiumLayer* L, float* x, float* residual, int64
   }
   tritium_rope(qkv, B, width, L->heads + L->kv_heads, D, cos, sin);
   tritium_store_kv(qkv + qw, qkv + qw + kvw, B, width, kvw, k_pool, v_pool, slots, k_dense,
-                   v_dense, rows, B);
+                   v_dense, rows, B, kv_half);
   tritium_decode_attention(qkv, width, B, L->heads, L->kv_heads, D, k_dense, v_dense, stride_b,
-                           stride_h, stride_t, lo, n, mask, L->scale, attn);
+                           stride_h, stride_t, lo, n, mask, L->scale, kv_half, attn);
   if (run_linear(&L->o, attn, B, x, threads)) return -1;
   tritium_add_rms_norm(x, residual, L->post_norm, B, L->hidden, L->eps, h);
   if (run_linear(&L->gate_up, h, B, gate_up, threads)) return -1;

@@ -205,8 +205,6 @@ static inline __attribute__((always_inline)) void gemv_tile_half(const float* x,
   for (int j = 0; j < nr; ++j) out[j] = hsum(_mm256_add_ps(a[j], b[j])) + (bias ? bias[j] : 0.0f);
 }
 #else
-static inline float fp16_to_fp32(uint16_t h);
-
 static void widen_tile_half(const uint16_t* w, int64_t K, int nr, float* wf, int bf16) {
   for (int j = 0; j < NR; ++j)
     for (int64_t k = 0; k < K; ++k) {
@@ -402,28 +400,6 @@ static void q4_widen_row(const uint8_t* row, const uint16_t* rdm, int64_t K, flo
 }
 
 #else /* portable */
-
-static inline float fp16_to_fp32(uint16_t h) {
-  const uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1F, man = h & 0x3FF;
-  uint32_t bits;
-  if (exp == 0) {
-    if (man == 0) {
-      bits = sign;
-    } else { /* subnormal: renormalize */
-      int e = -1;
-      uint32_t mm = man;
-      do { ++e; mm <<= 1; } while (!(mm & 0x400));
-      bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((mm & 0x3FF) << 13);
-    }
-  } else if (exp == 31) {
-    bits = sign | 0x7F800000u | (man << 13);
-  } else {
-    bits = sign | ((exp + 112) << 23) | (man << 13);
-  }
-  float f;
-  __builtin_memcpy(&f, &bits, sizeof f);
-  return f;
-}
 
 static float q4q8_row(const uint8_t* row, const uint16_t* rdm, int64_t nb, const int8_t* xq,
                       const float* xd, const float* xs) {

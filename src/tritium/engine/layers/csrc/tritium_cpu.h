@@ -28,6 +28,50 @@ static inline __m256i q4_bytes(const uint8_t* p) {
 }
 #endif
 
+/* IEEE half <-> float, one value (the paths without F16C; round to nearest even). */
+static inline float fp16_to_fp32(uint16_t h) {
+  const uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1F, man = h & 0x3FF;
+  uint32_t bits;
+  if (exp == 0) {
+    if (man == 0) {
+      bits = sign;
+    } else { /* subnormal: renormalize */
+      int e = -1;
+      uint32_t mm = man;
+      do { ++e; mm <<= 1; } while (!(mm & 0x400));
+      bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((mm & 0x3FF) << 13);
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7F800000u | (man << 13);
+  } else {
+    bits = sign | ((exp + 112) << 23) | (man << 13);
+  }
+  float f;
+  __builtin_memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+static inline uint16_t fp32_to_fp16(float f) {
+  uint32_t x;
+  __builtin_memcpy(&x, &f, sizeof x);
+  const uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
+  x &= 0x7FFFFFFFu;
+  if (x >= 0x7F800000u) return sign | 0x7C00 | (x > 0x7F800000u ? 0x200 : 0); /* inf, NaN */
+  if (x >= 0x477FF000u) return sign | 0x7C00;                                   /* overflow */
+  if (x < 0x38800000u) { /* below 2^-14: a subnormal half (or zero) */
+    if (x < 0x33000000u) return sign;
+    const uint32_t e = x >> 23, m = (x & 0x7FFFFFu) | 0x800000u, shift = 126 - e;
+    uint32_t k = m >> shift;
+    const uint32_t rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (k & 1))) ++k;
+    return sign | (uint16_t)k;
+  }
+  uint32_t hbits = (x >> 13) - (112u << 10);
+  const uint32_t rem = x & 0x1FFFu;
+  if (rem > 0x1000u || (rem == 0x1000u && (hbits & 1))) ++hbits;
+  return sign | (uint16_t)hbits;
+}
+
 /* out[M, N] = x[M, K] @ W^T + bias; 0, or -1 when a scratch buffer cannot be allocated. */
 int tritium_int8_linear(const float* x, int64_t M, int64_t K, const int8_t* w,
                         const float* scale, const float* bias, int64_t N, float* out,
