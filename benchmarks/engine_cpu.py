@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from tritium.engine import LLM, SamplingParams
+from tritium.engine.layers import quant_kernel
 from tritium.engine.loader import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,6 +145,11 @@ def main() -> None:
         help="weight formats for the engine on the bf16 HF folder, comma list (empty: skip): "
         "auto (bf16 kept, fp32 math, where the CPU lacks native bf16), none, int8, ...",
     )
+    ap.add_argument(
+        "--kv-cache-dtype",
+        default="auto",
+        help="the engine's KV cache dtype (auto: its compute dtype; float16 halves the cache)",
+    )
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--num-prompts", type=int, default=20)
     ap.add_argument("--skip-hf", action="store_true", help="measure only our engine")
@@ -160,17 +166,25 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
         "num_prompts": b,
         "new_tokens": args.max_tokens,
+        "kv_cache_dtype": args.kv_cache_dtype,
+        "amx": quant_kernel.is_available() and quant_kernel.amx_enabled(),
     }
-    runs = [("smollm2", tag, tag) for tag in args.quantization.split(",")]
+    kv = "" if args.kv_cache_dtype == "auto" else f"-kv-{args.kv_cache_dtype}"
+    runs = [("smollm2", f"{fmt}{kv}", fmt) for fmt in args.quantization.split(",")]
     runs += [
-        (str(ckpt.model_dir), f"folder-{fmt}", fmt)
+        (str(ckpt.model_dir), f"folder-{fmt}{kv}", fmt)
         for fmt in args.folder_quantization.split(",")
         if fmt
     ]
     tags = [tag for _, tag, _ in runs]
     for model, tag, fmt in runs:
         t = time.perf_counter()
-        llm = LLM(model, dtype=args.dtype, quantization=None if fmt == "auto" else fmt)
+        llm = LLM(
+            model,
+            dtype=args.dtype,
+            quantization=None if fmt == "auto" else fmt,
+            kv_cache_dtype=args.kv_cache_dtype,
+        )
         runner = llm.engine_core.runner
         result[f"engine_{tag}_startup_s"] = time.perf_counter() - t
         result[f"engine_{tag}_weights"] = runner.quantization or str(runner.dtype)
