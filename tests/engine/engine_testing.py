@@ -70,6 +70,18 @@ def assert_pool_free(llm: LLM) -> None:
     assert all(r == 0 for r in bm.ref_cnt)
 
 
+def tokens_and_logprobs(outs) -> tuple[list[list[int]], list[float]]:
+    """Each request's first completion's tokens, and the logprob of every sampled token in
+    order (requests made with logprobs >= 0)."""
+    tokens = [list(o.outputs[0].token_ids) for o in outs]
+    logprobs = [
+        step[t].logprob
+        for o in outs
+        for t, step in zip(o.outputs[0].token_ids, o.outputs[0].logprobs or [], strict=True)
+    ]
+    return tokens, logprobs
+
+
 def random_linear(in_features: int, out_features: int, bias: bool = True) -> Linear:
     """Our Linear with nn.Linear's random initialisation (the engine's layers are built
     uninitialised, as their weights are always loaded)."""

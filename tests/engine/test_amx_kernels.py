@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from engine_testing import assert_pool_free, random_linear
+from engine_testing import assert_pool_free, random_linear, tokens_and_logprobs
 
 from tritium.engine.layers import native, quant_kernel
 
@@ -78,20 +78,12 @@ def test_engine_tokens_with_and_without_amx(tiny_model_dirs) -> None:
     params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=1)
 
     def run() -> tuple[list[list[int]], list[float]]:
-        results = []
+        outs = []
         for quantization in ("q4", "int8", "bf16"):
             llm = LLM(str(tiny_model_dirs["llama"]), dtype="float32", quantization=quantization)
-            outs = llm.generate(prompts, params, use_tqdm=False)
+            outs += llm.generate(prompts, params, use_tqdm=False)
             assert_pool_free(llm)
-            results.append(outs)
-        tokens = [list(o.outputs[0].token_ids) for outs in results for o in outs]
-        logprobs = [
-            step[t].logprob
-            for outs in results
-            for o in outs
-            for t, step in zip(o.outputs[0].token_ids, o.outputs[0].logprobs or [], strict=True)
-        ]
-        return tokens, logprobs
+        return tokens_and_logprobs(outs)
 
     amx_tokens, amx_logprobs = run()
     tokens, logprobs = _avx2(run)

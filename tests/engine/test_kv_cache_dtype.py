@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from engine_testing import assert_pool_free
+from engine_testing import assert_pool_free, tokens_and_logprobs
 
 from tritium.engine import SamplingParams
 from tritium.engine.config import EngineArgs
@@ -23,12 +23,7 @@ PROMPTS = [
 def _run(llm, prompts=PROMPTS):
     outs = llm.generate(prompts, GREEDY, use_tqdm=False)
     assert_pool_free(llm)
-    tokens = [list(o.outputs[0].token_ids) for o in outs]
-    logprobs = [
-        step[t].logprob
-        for o in outs
-        for t, step in zip(o.outputs[0].token_ids, o.outputs[0].logprobs or [], strict=True)
-    ]
+    tokens, logprobs = tokens_and_logprobs(outs)
     return tokens, torch.tensor(logprobs)
 
 

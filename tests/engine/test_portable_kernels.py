@@ -56,30 +56,29 @@ def test_the_build_without_amx_matches_the_reference(
     if without_amx is None:
         pytest.skip("no AMX build here to fall back from")
     assert not without_amx.tritium_amx_enabled()
-    torch.manual_seed(rows)
-    layer = random_linear(160, 37)
-    layer.quantize(method)
-    x = torch.randn(rows, 160)
-    seen = quant_kernel.quantize_activations_q8(x) if method == "q4" else x
-    expected = seen @ layer.dequantized_weight().T + layer.bias
-    monkeypatch.setattr(native, "library", lambda: without_amx)
-    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    _check_linear_on(without_amx, monkeypatch, method, rows)
 
 
 @pytest.mark.parametrize("method", sorted(QUANT_METHODS))
 @pytest.mark.parametrize("rows", [1, 5])
 def test_portable_linears_match_their_reference(portable, monkeypatch, method, rows) -> None:
+    _check_linear_on(portable, monkeypatch, method, rows)
+
+
+def _check_linear_on(lib: ctypes.CDLL, monkeypatch, method: str, rows: int) -> None:
+    """A `method` layer run by `lib` against fp32 math on its weights (and its inputs at 8
+    bits for q4), and against the default build."""
     torch.manual_seed(rows)
     layer = random_linear(160, 37)
     layer.quantize(method)
     x = torch.randn(rows, 160)
     seen = quant_kernel.quantize_activations_q8(x) if method == "q4" else x
     expected = seen @ layer.dequantized_weight().T + layer.bias
-    vector = layer(x)
-    monkeypatch.setattr(native, "library", lambda: portable)
+    default = layer(x)
+    monkeypatch.setattr(native, "library", lambda: lib)
     out = layer(x)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(out, vector, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, default, rtol=1e-5, atol=1e-5)
 
 
 def test_portable_engine_gives_the_vector_builds_tokens(
@@ -87,7 +86,7 @@ def test_portable_engine_gives_the_vector_builds_tokens(
 ) -> None:
     """The whole CPU step on the portable build (fused ops, the one-call decode layer,
     bf16 weights): the same greedy tokens and near-equal logprobs."""
-    from engine_testing import assert_pool_free
+    from engine_testing import assert_pool_free, tokens_and_logprobs
 
     from tritium.engine import LLM, SamplingParams
 
@@ -98,13 +97,7 @@ def test_portable_engine_gives_the_vector_builds_tokens(
         llm = LLM(str(tiny_model_dirs["qwen2"]), dtype="float32", quantization="bf16")
         outs = llm.generate(prompts, params, use_tqdm=False)
         assert_pool_free(llm)
-        tokens = [list(o.outputs[0].token_ids) for o in outs]
-        logprobs = [
-            step[t].logprob
-            for o in outs
-            for t, step in zip(o.outputs[0].token_ids, o.outputs[0].logprobs or [], strict=True)
-        ]
-        return tokens, logprobs
+        return tokens_and_logprobs(outs)
 
     vector_tokens, vector_logprobs = run()
     monkeypatch.setattr(native, "library", lambda: portable)
