@@ -1,9 +1,10 @@
 /* The several-row compact matmuls on Intel AMX (Sapphire Rapids and later), called by
- * quant_linear.c when 2 <= M rows share a weight (a decode step of several sequences):
+ * quant_linear.c when 2 <= M rows share a weight (a decode step of several sequences, a
+ * prompt):
  *
  *   tritium_amx_q4_linear: q4 weights (4-bit codes, fp16 d and m per block of 32) against
- *       inputs already quantized to 8 bits per block (quant_linear.c's quantize_row_q8).
- *       TDPBUSD multiplies the codes as bytes, u8 x s8 -> s32, one block of 32 at a time,
+ *       inputs quantized to 8 bits per block as the one-row path does
+ *       (tritium_quantize_row_q8, each thread a share of the rows). TDPBUSD multiplies the codes as bytes, u8 x s8 -> s32, one block of 32 at a time,
  *       and each block's integer dot product is scaled as the one-row path does:
  *       d_w * d_x * (q_w . q_x) + m_w * s_x. The integers are exact, so a row's result is
  *       the one-row kernel's up to the order of the fp32 sums.
@@ -15,9 +16,11 @@
  * A weight tile is 16 rows of the weight as stored (the A operand, row-major, so it needs no
  * transposition: the codes are only unpacked or widened); the inputs are the B operand,
  * interleaved once per call into the VNNI layout (4 bytes of K per column for int8, 2 for
- * bf16) and padded to 16 rows; a C tile is 16 weight rows x 16 input rows. On the 2-core
- * Sapphire Rapids VMs we measure on, the AVX2 tiles these replace were bound by FMA issue
- * at about 150 GFLOP/s; AMX leaves the several-row step bound by reading the weights.
+ * bf16) and padded to 16 rows; a C tile is 16 weight rows x 16 input rows, transposed in
+ * registers on its way out. On the 2-core Sapphire Rapids VMs we measure on, the AVX2 tiles
+ * these replace were bound by FMA issue at about 150 GFLOP/s; at 20 rows these are 1.3-3x
+ * faster (benchmarks/matmul_cpu.py), q4 about as fast as oneDNN's bf16 on a quarter of
+ * the bytes.
  *
  * Used only where the compiler targets AMX and the kernel grants this process the tile
  * state (arch_prctl); tritium_amx_enabled() says so, and TRITIUM_CPU_AMX=0 turns it off.

@@ -7,11 +7,12 @@
  *   tritium_store_kv:        a step's keys and values into the paged pool and, for decodes,
  *                            into the contiguous decode copy (DecodeKV)
  *   tritium_decode_attention: one query token per sequence against its contiguous context,
- *                            grouped-query, with an optional additive mask
+ *                            grouped-query, with an optional additive mask (AVX-512 where
+ *                            the build has it: 16 keys a step, a vector exp)
  *
  * A SmolLM2 decode step at batch 1 is ~1,200 torch ops of 2-20 us of dispatch each for
  * vectors of a few hundred floats; these do each group's work in one call of about a
- * microsecond. All fp32, row-major. Built with -ffp-contract=off so the plain-C expressions
+ * microsecond. All fp32, row-major; the KV caches fp32 or fp16 (kv_cache_dtype). Built with -ffp-contract=off so the plain-C expressions
  * round as torch's do: RoPE is bit-identical to the torch expression; the norm, SiLU and
  * attention sum in a different order (within a few ulp).
  */
