@@ -130,6 +130,7 @@ static void store_tile(__m512* r, int64_t m0, int64_t M, int64_t n0, int nr,
 /* -- q4 x q8 ---------------------------------------------------------------------------- */
 
 #define QB 32
+#define Q4_GROUP 16 /* blocks whose dots are stored before they are scaled */
 
 int tritium_amx_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* codes,
                           const uint16_t* dm, const float* bias, int64_t N, float* out,
@@ -158,7 +159,7 @@ int tritium_amx_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* c
      * and m as floats, [row][block][2]; the integer dots of every block of one input tile. */
     uint8_t* wbuf = (uint8_t*)aligned_alloc(64, (size_t)nb * T * QB);
     float* wdm = (float*)aligned_alloc(64, sizeof(float) * (size_t)(nb * 2 * T + 16));
-    int32_t* cbuf = (int32_t*)aligned_alloc(64, sizeof(int32_t) * (size_t)nb * T * T);
+    int32_t* cbuf = (int32_t*)aligned_alloc(64, sizeof(int32_t) * Q4_GROUP * T * T);
     int8_t* xq = (int8_t*)malloc((size_t)K);
     float* xd = (float*)malloc(sizeof(float) * (size_t)nb * 2);
     const int ok = wbuf && wdm && cbuf && xq && xd;
@@ -216,35 +217,38 @@ int tritium_amx_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* c
         for (; e < nb * 2; ++e) row_dm[e] = _cvtsh_ss(s[e]);
       }
       for (int64_t mt = 0; mt < mt_count; ++mt) {
-        /* Every block's integer dots first, two C tiles in turn, into cbuf; then the vector
-         * units scale them. A load right after a tile store waits for it; by the second
-         * loop the stores have long landed. */
+        /* A group of blocks' integer dots first, two C tiles in turn, into cbuf; then the
+         * vector units scale them. A load right after a tile store waits for it; by the
+         * second loop the stores have long landed. */
 #define Q4_DOTS(c, at, bt, b)                                      \
   do {                                                             \
     _tile_zero(c);                                                 \
     _tile_loadd(at, wbuf + (b) * T * QB, QB);                      \
     _tile_loadd(bt, xv + (mt * nb + (b)) * 512, 64);               \
     _tile_dpbusd(c, at, bt);                                       \
-    _tile_stored(c, cbuf + (b) * T * T, 64);                       \
+    _tile_stored(c, cbuf + ((b) - g0) * T * T, 64);                \
   } while (0)
-        int64_t b = 0;
-        for (; b + 2 <= nb; b += 2) {
-          Q4_DOTS(0, 2, 4, b);
-          Q4_DOTS(1, 3, 5, b + 1);
-        }
-        if (b < nb) Q4_DOTS(0, 2, 4, b);
         __m512 a[T];
         for (int j = 0; j < T; ++j) a[j] = _mm512_setzero_ps();
-        for (b = 0; b < nb; ++b) {
-          const int32_t* dots = cbuf + b * T * T;
-          const __m512 dx = _mm512_load_ps(xdv + (mt * nb + b) * T);
-          const __m512 sx = _mm512_load_ps(xsv + (mt * nb + b) * T);
+        for (int64_t g0 = 0; g0 < nb; g0 += Q4_GROUP) {
+          const int64_t g1 = g0 + Q4_GROUP < nb ? g0 + Q4_GROUP : nb;
+          int64_t b = g0;
+          for (; b + 2 <= g1; b += 2) {
+            Q4_DOTS(0, 2, 4, b);
+            Q4_DOTS(1, 3, 5, b + 1);
+          }
+          if (b < g1) Q4_DOTS(0, 2, 4, b);
+          for (b = g0; b < g1; ++b) {
+            const int32_t* dots = cbuf + (b - g0) * T * T;
+            const __m512 dx = _mm512_load_ps(xdv + (mt * nb + b) * T);
+            const __m512 sx = _mm512_load_ps(xsv + (mt * nb + b) * T);
 #pragma GCC unroll 16
-          for (int j = 0; j < T; ++j) {
-            const float* dmj = wdm + (j * nb + b) * 2;
-            const __m512 dot = _mm512_cvtepi32_ps(_mm512_load_si512(dots + j * T));
-            a[j] = _mm512_fmadd_ps(dot, _mm512_mul_ps(_mm512_set1_ps(dmj[0]), dx), a[j]);
-            a[j] = _mm512_fmadd_ps(_mm512_set1_ps(dmj[1]), sx, a[j]);
+            for (int j = 0; j < T; ++j) {
+              const float* dmj = wdm + (j * nb + b) * 2;
+              const __m512 dot = _mm512_cvtepi32_ps(_mm512_load_si512(dots + j * T));
+              a[j] = _mm512_fmadd_ps(dot, _mm512_mul_ps(_mm512_set1_ps(dmj[0]), dx), a[j]);
+              a[j] = _mm512_fmadd_ps(_mm512_set1_ps(dmj[1]), sx, a[j]);
+            }
           }
         }
 #undef Q4_DOTS
