@@ -1,6 +1,9 @@
-"""Where a CPU decode step goes: wall time per step split into the quantized matmuls, attention,
-batch preparation and sampling (wrappers with perf_counter around each; the rest is the
-small torch ops between them: norms, rotary, residual adds, views).
+"""Where a CPU decode step goes: wall time per step split into the fused decoder layers (one
+C call each: their matmuls, attention and small ops), the quantized matmuls called from
+Python (the lm_head; every layer's when the fused path does not apply), attention called
+from Python, batch preparation and sampling (wrappers with perf_counter around each; the
+rest is the small torch ops between them). The prompt step is measured alone and
+subtracted, so rows it alone uses can come out near zero or slightly negative (noise).
 
     python benchmarks/engine_cpu_split.py --batch 1
     python benchmarks/engine_cpu_split.py --batch 20
@@ -14,7 +17,7 @@ import time
 from collections import defaultdict
 
 from tritium.engine import LLM, SamplingParams
-from tritium.engine.layers import quant_kernel
+from tritium.engine.layers import cpu_ops, quant_kernel
 from tritium.engine.layers.attention import Attention
 from tritium.engine.layers.sampler import Sampler
 from tritium.engine.model_runner import ModelRunner
@@ -42,6 +45,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--quantization", default=None, help="engine quantization (default: auto)")
     args = ap.parse_args()
+    timed(cpu_ops, "decode_layer", "fused decoder layers")
     timed(quant_kernel, "int8_linear", "int8 matmuls")
     timed(quant_kernel, "q4_linear", "q4 matmuls")
     timed(Attention, "forward", "attention")
