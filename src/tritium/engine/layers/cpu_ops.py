@@ -37,6 +37,11 @@ def _available() -> bool:
     return native.is_available()
 
 
+def _kv_half(cache: torch.Tensor) -> int:
+    """The C ops' kv_half flag: 1 for an fp16 KV cache, 0 for fp32."""
+    return int(cache.dtype == torch.float16)
+
+
 def enabled(x: torch.Tensor) -> bool:
     """Whether `x` takes the C ops: float32 on CPU, with the library built."""
     return x.dtype == torch.float32 and x.device.type == "cpu" and _available()
@@ -108,7 +113,7 @@ def store_kv(
     native.library().tritium_store_kv(
         k.data_ptr(), v.data_ptr(), t, k.stride(0), width, k_pool.data_ptr(),
         v_pool.data_ptr(), slots.data_ptr(), kd, vd, rows, num_rows,
-        int(k_pool.dtype == torch.float16),
+        _kv_half(k_pool),
     )  # fmt: skip
 
 
@@ -149,7 +154,7 @@ def decode_attention(
     native.library().tritium_decode_attention(
         q.data_ptr(), q.stride(0), b, h, kvh, d, k.data_ptr(), v.data_ptr(), sb, sh, st,
         lo, n, None if mask is None else mask.data_ptr(), scale,
-        int(k.dtype == torch.float16), out.data_ptr(),
+        _kv_half(k), out.data_ptr(),
     )  # fmt: skip
     return out
 
@@ -256,7 +261,7 @@ def decode_layer(
         sin.data_ptr(), attn.k_cache.data_ptr(), attn.v_cache.data_ptr(),
         meta.slot_mapping.data_ptr(), k_flat.data_ptr(), v_flat.data_ptr(),
         meta.decode_rows.data_ptr(), sb, sh, st, lo, meta.decode_len,
-        None if mask is None else mask.data_ptr(), int(attn.k_cache.dtype == torch.float16),
+        None if mask is None else mask.data_ptr(), _kv_half(attn.k_cache),
         work.data_ptr(), torch.get_num_threads(),
     )  # fmt: skip
     if rc != 0:

@@ -300,7 +300,10 @@ int tritium_amx_linear(int kind_int8, const float* x, int64_t M, int64_t K, cons
   const size_t tiles = (size_t)(3 * mt_count * kc_count);
   uint16_t* xv = (uint16_t*)aligned_alloc(64, tiles * 512 * sizeof(uint16_t));
   if (!xv) return -1;
-  memset(xv, 0, tiles * 512 * sizeof(uint16_t));
+  /* Zeros where no row writes: the columns past M, in the last input tile of each part. */
+  for (int p = 0; p < 3; ++p)
+    memset(xv + (p * tiles / 3 + (mt_count - 1) * kc_count) * 512, 0,
+           (size_t)kc_count * 512 * sizeof(uint16_t));
   int failed = 0;
 #ifdef _OPENMP
   omp_set_num_threads(nthreads);
@@ -315,14 +318,15 @@ int tritium_amx_linear(int kind_int8, const float* x, int64_t M, int64_t K, cons
 #endif
       failed = 1;
     }
-    /* Each thread splits some input tiles' rows into their three bf16 parts. */
+    /* Each thread splits some input tiles' rows into their three bf16 parts (zeros past K,
+     * up to the last K chunk's end). */
 #ifdef _OPENMP
 #pragma omp for schedule(static, T)
 #endif
     for (int64_t m = 0; m < M; ++m) {
       const int64_t mt = m / T, i = m % T;
-      for (int64_t k = 0; k < K; ++k) {
-        const float v = x[m * K + k];
+      for (int64_t k = 0; k < kc_count * KC; ++k) {
+        const float v = k < K ? x[m * K + k] : 0.0f;
         const uint16_t p0 = bf16_nearest(v);
         const float r0 = v - bf16_value(p0); /* exact: both are within 2^8 ulps of v */
         const uint16_t p1 = bf16_nearest(r0);

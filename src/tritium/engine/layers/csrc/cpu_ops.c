@@ -12,8 +12,8 @@
  *
  * A SmolLM2 decode step at batch 1 is ~1,200 torch ops of 2-20 us of dispatch each for
  * vectors of a few hundred floats; these do each group's work in one call of about a
- * microsecond. All fp32, row-major; the KV caches fp32 or fp16 (kv_cache_dtype). Built with -ffp-contract=off so the plain-C expressions
- * round as torch's do: RoPE is bit-identical to the torch expression; the norm, SiLU and
+ * microsecond. All fp32, row-major; the KV caches fp32 or fp16 (kv_cache_dtype). Built
+ * with -ffp-contract=off so the plain-C expressions round as torch's do: RoPE is bit-identical to the torch expression; the norm, SiLU and
  * attention sum in a different order (within a few ulp).
  */
 #include <math.h>
@@ -98,21 +98,26 @@ void tritium_rope(float* qkv, int64_t T, int64_t row_stride, int64_t heads, int6
 }
 
 #ifdef HAVE_AVX2
-/* exp(x), 8 lanes: Cephes' expf polynomial, within 2 ulp of expf over [-87.3, 88.3] (x is
+/* Cephes' expf: exp(x) = 2^n * p(r), n = round(x / ln 2), r = x - n ln 2 (ln 2 in two
+ * parts), p(r) = 1 + r + r^2 * poly(r) with these coefficients, highest first. */
+#define EXP_LN2_HI 0.693359375f
+#define EXP_LN2_LO -2.12194440e-4f
+#define EXP_LOG2E 1.44269504088896341f
+#define EXP_LOWEST -87.33654f
+static const float EXP_POLY[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                                  4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+
+/* exp(x), 8 lanes (EXP_POLY), within 2 ulp of expf over [-87.3, 88.3] (x is
  * clamped there, so 2^n stays a normal float). libm's scalar expf was most of a 20-row
  * SiLU (30,000 calls a layer). */
 static inline __m256 exp256(__m256 x) {
-  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.33654f)), _mm256_set1_ps(88.3762626647949f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(EXP_LOWEST)), _mm256_set1_ps(88.3762626647949f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(EXP_LOG2E)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_HI), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_LO), r);
+  __m256 p = _mm256_set1_ps(EXP_POLY[0]);
+  for (int c = 1; c < 6; ++c) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_POLY[c]));
   p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
   const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
@@ -239,22 +244,18 @@ static inline void axpy_kv(float* y, float a, const void* row, int64_t n, int kv
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define HAVE_AVX512 1
-/* exp(x) for the x <= 0 of a softmax (a score minus the running maximum): Cephes' expf
- * polynomial, within 2 ulp of expf; 0 for -inf and below -87.3. */
+/* exp(x) for the x <= 0 of a softmax (a score minus the running maximum), 16 lanes
+ * (EXP_POLY), within 2 ulp of expf; 0 for -inf and below -87.3. */
 static inline __m512 exp512(__m512 x) {
-  const __m512 lowest = _mm512_set1_ps(-87.33654f);
+  const __m512 lowest = _mm512_set1_ps(EXP_LOWEST);
   const __mmask16 keep = _mm512_cmp_ps_mask(x, lowest, _CMP_GE_OQ);
   x = _mm512_max_ps(x, lowest);
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(EXP_LOG2E)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2_HI), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2_LO), r);
+  __m512 p = _mm512_set1_ps(EXP_POLY[0]);
+  for (int c = 1; c < 6; ++c) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_POLY[c]));
   p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
   return _mm512_maskz_scalef_ps(keep, p, n);
 }
