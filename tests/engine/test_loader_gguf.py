@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import gguf
@@ -442,7 +443,7 @@ def test_tensor_types_are_read_once_per_file(tmp_path, tiny_llama, cache_dir, mo
     record = cache_dir / "gguf" / f"{gguf_loader.file_key(path)}.tensors.json"
     record.write_text('[{"name": "blk.0.attn_q.weight", ')
     assert gguf_loader.tensor_types(path) == types
-    rows = json.loads(record.read_text())
+    rows = json.loads(record.read_text())["tensors"]
     assert {row["name"]: row["type"] for row in rows} == types
 
 
@@ -482,6 +483,66 @@ def test_stale_temp_folders_of_dead_conversions_are_removed(tmp_path, tiny_llama
     assert ckpt.model_dir == final
     assert not stale.exists()
     assert not list(final.parent.glob(".*.tmp-*"))
+
+
+def age(folder: Path, seconds: float) -> None:
+    """Make a cache entry look written `seconds` ago (its marker's mtime)."""
+    marker = folder / MARKER
+    then = marker.stat().st_mtime - seconds
+    os.utime(marker, (then, then))
+
+
+def test_conversions_nothing_can_hit_are_removed_at_the_next_conversion(
+    tmp_path, tiny_llama, monkeypatch
+):
+    """Each conversion is keyed on its file's path, size and mtime and on FORMAT_VERSION:
+    one whose file changed or went, or of another version (past its grace period), is dead
+    disk. The next conversion removes those, and keeps live ones and fresh ones of another
+    version (a second Tritium version may share the cache)."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("TRITIUM_CACHE_DIR", str(cache))
+    root = cache / "gguf"
+    kept, changed, gone, newer = (
+        tmp_path / f"{n}.gguf" for n in ("kept", "changed", "gone", "new")
+    )
+    for path in (kept, changed, gone, newer):
+        write_gguf(path, "llama", tiny_llama, Q.F16)
+    folders = {
+        p.stem: load_checkpoint(str(p), dtype=torch.float32, progress=False).model_dir
+        for p in (kept, changed, gone)
+    }
+    meta = gguf_loader.metadata_folder(kept, progress=False)
+    records = {p.stem: root / f"{gguf_loader.file_key(p)}.tensors.json" for p in (kept, changed, gone)}  # fmt: skip
+    assert all(r.is_file() for r in records.values())
+    stat = changed.stat()
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    gone.unlink()
+    # Two more conversions of the kept file, as written by another format version: one old
+    # enough to be an upgrade's leftover, one fresh.
+    old_version, fresh_version = root / "old-version", root / "fresh-version"
+    for copy in (old_version, fresh_version):
+        shutil.copytree(folders["kept"], copy)
+        marker = json.loads((copy / MARKER).read_text())
+        marker["format_version"] = gguf_loader.FORMAT_VERSION - 1
+        (copy / MARKER).write_text(json.dumps(marker))
+    age(old_version, 2 * 24 * 3600)
+    legacy_record = root / "legacy.tensors.json"  # the layout before records named their file
+    legacy_record.write_text('[{"name": "token_embd.weight"}]')
+    writing = root / f".{folders['kept'].name}x.tmp-1-abc"  # another process mid-conversion
+    writing.mkdir()
+
+    load_checkpoint(str(newer), dtype=torch.float32, progress=False)  # a new conversion
+
+    assert folders["kept"].exists() and meta.exists() and fresh_version.exists()
+    assert not folders["changed"].exists() and not folders["gone"].exists()
+    assert not old_version.exists()
+    assert records["kept"].exists()
+    assert not records["changed"].exists() and not records["gone"].exists()
+    assert not legacy_record.exists() and writing.exists()
+    # The kept file still hits its entry; the changed one converts anew.
+    assert load_checkpoint(str(kept), dtype=torch.float32, progress=False).model_dir == folders["kept"]  # fmt: skip
+    again = load_checkpoint(str(changed), dtype=torch.float32, progress=False).model_dir
+    assert again != folders["changed"] and again.exists()
 
 
 def test_gguf_errors(tmp_path):

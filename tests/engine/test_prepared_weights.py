@@ -162,6 +162,29 @@ def test_a_rewritten_checkpoint_is_read_again_and_its_old_entry_removed(
     assert token_ids(again) == expected
 
 
+def test_entries_of_another_version_go_after_a_grace_period(cache_dir, model_dir) -> None:
+    """A PREPARED_VERSION bump makes old entries unreachable: the next save removes those
+    written more than a day ago, and keeps fresh ones (another Tritium version sharing the
+    cache during an upgrade still uses them)."""
+    import json
+
+    from tritium.engine.loader.cache import MARKER
+
+    LLM(str(model_dir), dtype="float32", quantization="q4")
+    (entry,) = entries(cache_dir)
+    fresh, old = cache_dir / "prepared" / "fresh", cache_dir / "prepared" / "old"
+    for copy in (fresh, old):
+        shutil.copytree(entry, copy)
+        marker = json.loads((copy / MARKER).read_text())
+        marker["version"] = prepared.PREPARED_VERSION - 1
+        (copy / MARKER).write_text(json.dumps(marker))
+    then = (old / MARKER).stat().st_mtime - 2 * 24 * 3600
+    os.utime(old / MARKER, (then, then))
+    LLM(str(model_dir), dtype="float32", quantization="int8")  # a new entry: the sweep runs
+    assert fresh.exists() and entry.exists() and not old.exists()
+    assert len(entries(cache_dir)) == 3
+
+
 def test_a_damaged_entry_is_ignored_and_replaced(
     cache_dir, model_dir, no_checkpoint_reads, caplog
 ) -> None:

@@ -11,8 +11,9 @@ import contextlib
 import json
 import os
 import shutil
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,11 @@ MARKER = "tritium_cache.json"
 
 #: Largest safetensors shard written while converting; bounds the memory held at once.
 MAX_SHARD_BYTES = 2 * 1024**3
+
+#: How long an entry of another format version is kept after it was written: two Tritium
+#: versions sharing one cache (a rolling upgrade over a shared volume) must not delete
+#: each other's fresh entries, while an upgrade's leftovers go a day later.
+OTHER_VERSION_GRACE_S = 24 * 3600
 
 
 def cache_root() -> Path:
@@ -43,6 +49,52 @@ def file_identity(path: Path) -> str:
     path = path.resolve()
     st = path.stat()
     return f"{path}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def identity_holds(identity: str) -> bool:
+    """Whether the file a `file_identity` string names is still that file."""
+    try:
+        return file_identity(Path(identity.rsplit("|", 2)[0])) == identity
+    except OSError:
+        return False
+
+
+def remove_stale_entries(
+    root: Path,
+    sources: Callable[[dict[str, Any]], list[str]],
+    version_key: str,
+    version: int,
+) -> list[Path]:
+    """Delete the finished entries under ``root`` that nothing can hit again; returns them.
+
+    An entry's key includes its source files' identities (`sources` reads them from its
+    marker) and its format version, so it is dead once a source file has changed or gone
+    (a rewritten checkpoint, a reinstalled package, a temporary file), or once its
+    ``marker[version_key]`` is not ``version`` and OTHER_VERSION_GRACE_S have passed since
+    it was written. A process that maps a removed entry keeps its pages until it exits.
+    Entries being written (temporary folders) and folders without a readable marker are
+    left alone: they may not be ours.
+    """
+    if not root.is_dir():
+        return []
+    removed = []
+    now = time.time()
+    for entry in root.iterdir():
+        if not entry.is_dir() or not is_complete(entry):
+            continue
+        try:
+            marker = read_marker(entry)
+            written = (entry / MARKER).stat().st_mtime
+            files = sources(marker)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        other_version = marker.get(version_key) != version
+        if not all(identity_holds(f) for f in files) or (
+            other_version and now - written > OTHER_VERSION_GRACE_S
+        ):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
 
 
 def is_complete(folder: Path) -> bool:

@@ -31,7 +31,9 @@ from tritium.engine.loader.cache import (
     atomic_folder,
     cache_root,
     file_identity,
+    identity_holds,
     is_complete,
+    remove_stale_entries,
 )
 from tritium.engine.loader.hf_folder import HALF_WEIGHT_TYPES
 
@@ -298,7 +300,7 @@ def tensor_index(path: Path) -> list[TensorInfo]:
     with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
         return [
             TensorInfo(t["name"], t["type"], tuple(t["dims"]), t["offset"])
-            for t in json.loads(_index_record(path).read_text())
+            for t in json.loads(_index_record(path).read_text())["tensors"]
         ]
     return _record_index(path, open_gguf(path))
 
@@ -319,7 +321,8 @@ def _record_index(path: Path, reader: Any) -> list[TensorInfo]:
     tmp = record.with_name(f".{record.name}.{os.getpid()}")
     rows = [{"name": t.name, "type": t.type_name, "dims": t.dims, "offset": t.data_offset}
             for t in infos]  # fmt: skip
-    tmp.write_text(json.dumps(rows, indent=1) + "\n")
+    record_data = {"source": file_identity(path), "tensors": rows}
+    tmp.write_text(json.dumps(record_data, indent=1) + "\n")
     os.replace(tmp, record)  # atomic: a concurrent start reads the old or the new file
     return infos
 
@@ -421,6 +424,7 @@ def convert(path: Path, dtype: torch.dtype = torch.bfloat16, progress: bool = Tr
     if is_complete(final):
         return final
     logger.info("converting %s to a Hugging Face folder in %s (once)", path, final)
+    remove_stale(final.parent)
     reader = open_gguf(path)
     _record_index(path, reader)
     meta = read_metadata(reader)
@@ -449,6 +453,7 @@ def metadata_folder(path: Path, progress: bool = True) -> Path:
     final = cache_root() / "gguf" / f"{file_key(path)}-meta-v{FORMAT_VERSION}"
     if is_complete(final):
         return final
+    remove_stale(final.parent)
     reader = open_gguf(path)
     _record_index(path, reader)
     meta = read_metadata(reader)
@@ -468,6 +473,28 @@ def iter_file_weights(
     file = np.memmap(path, dtype=np.uint8, mode="r")
     tensors = [MappedTensor(info, file) for info in tensor_index(path)]
     yield from iter_weights(tensors, config, dtype, progress)
+
+
+def remove_stale(root: Path) -> None:
+    """Delete the conversions and tensor records under ``root`` (``<cache>/gguf``) that
+    nothing can hit again: their GGUF file changed or gone (a reinstalled package, a
+    temporary file), or a conversion of an older FORMAT_VERSION (after its grace period;
+    cache.remove_stale_entries). Run before each new conversion, when the cache grows."""
+    for entry in remove_stale_entries(root, _marker_source, "format_version", FORMAT_VERSION):
+        logger.info("removed a stale GGUF conversion: %s", entry)
+    for record in root.glob("*.tensors.json"):
+        with contextlib.suppress(OSError):
+            try:
+                live = identity_holds(json.loads(record.read_text())["source"])
+            except (ValueError, TypeError, KeyError):
+                live = False  # damaged, or an older layout: it is read again when asked
+            if not live:
+                record.unlink()
+
+
+def _marker_source(marker: dict[str, Any]) -> list[str]:
+    """The file identity (cache.file_identity) a conversion's marker records."""
+    return [f"{marker['source']}|{marker['size']}|{marker['mtime_ns']}"]
 
 
 def _marker(path: Path, meta: dict[str, Any], dtype: str | None) -> dict[str, Any]:

@@ -31,9 +31,8 @@ from tritium.engine.loader.cache import (
     ShardWriter,
     atomic_folder,
     cache_root,
-    file_identity,
     is_complete,
-    read_marker,
+    remove_stale_entries,
 )
 from tritium.engine.loader.checkpoint import Checkpoint
 
@@ -85,13 +84,16 @@ class PreparedWeights:
         return True
 
     def save(self, model: nn.Module) -> None:
-        """Write ``model``'s weights, as they are now, and remove the entries whose
-        checkpoint files have changed or gone since they were written.
+        """Write ``model``'s weights, as they are now, and remove the entries nothing can
+        hit again (cache.remove_stale_entries: checkpoint files changed or gone, or an
+        older PREPARED_VERSION).
 
         A failure (a full disk, a read-only cache) only costs the next start its shortcut,
         so it is logged, not raised.
         """
-        _remove_stale(self.folder.parent)
+        remove_stale_entries(
+            self.folder.parent, lambda marker: marker["source"], "version", PREPARED_VERSION
+        )
         try:
             with atomic_folder(self.folder, self.marker) as tmp:
                 writer = ShardWriter(tmp, SHARD_BYTES)
@@ -150,31 +152,6 @@ def worth_caching(model: nn.Module, plan: Mapping[str, str]) -> bool:
         if fmt in CACHED_FORMATS
     )
     return computed > 0 and computed >= MIN_CACHED_WEIGHTS
-
-
-def _remove_stale(root: Path) -> None:
-    """Delete entries made from files that no longer are what they were (a rewritten
-    checkpoint, a temporary folder gone): nothing could ever hit them again. A process
-    that maps one keeps its pages; the files go when it exits."""
-    if not root.is_dir():
-        return
-    for entry in root.iterdir():
-        if not is_complete(entry):
-            continue  # being written (a temporary folder), or not ours
-        try:
-            source = read_marker(entry)["source"]
-        except (OSError, ValueError, KeyError):
-            continue
-        if not all(_unchanged(item) for item in source):
-            shutil.rmtree(entry, ignore_errors=True)
-
-
-def _unchanged(identity: str) -> bool:
-    """Whether the file a `file_identity` string names is still that file."""
-    try:
-        return file_identity(Path(identity.rsplit("|", 2)[0])) == identity
-    except OSError:
-        return False
 
 
 def _read(folder: Path) -> dict[str, torch.Tensor]:
