@@ -31,14 +31,16 @@ def _avx2(fn):
         assert quant_kernel.set_amx(True)
 
 
-# Shapes with a partial tile of weight rows (37), of input rows (2, 17, 33) and, for int8
-# and bf16, of K (40: not a multiple of the 32 values a tile row holds).
+# Shapes with a partial tile of weight rows (37), of input rows (2, 17, 27, 33: for int8 and
+# bf16, whose three input parts share tiles past the last 16 rows, a last group of rows in
+# one, two or three tiles) and, for int8 and bf16, of K (40: not a multiple of the 32
+# values a tile row holds).
 @pytest.mark.parametrize(
     ("method", "k", "n"),
     [(m, k, n) for m in ("q4", "int8", "bf16") for k, n in ((96, 37), (576, 960), (40, 19))
      if m != "q4" or k % 32 == 0],
 )  # fmt: skip
-@pytest.mark.parametrize("rows", [2, 17, 33, 200])
+@pytest.mark.parametrize("rows", [2, 17, 27, 33, 200])
 def test_amx_linear_matches_reference_and_avx2(method: str, rows: int, k: int, n: int) -> None:
     torch.manual_seed(rows * k + n)
     layer = random_linear(k, n)
@@ -52,6 +54,20 @@ def test_amx_linear_matches_reference_and_avx2(method: str, rows: int, k: int, n
     scale = x.abs().sum(dim=1, keepdim=True) * layer.dequantized_weight().abs().max()
     assert ((got - expected).abs() <= 1e-6 * scale + 1e-6).all()
     torch.testing.assert_close(got, _avx2(lambda: layer(x)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["q4", "int8", "bf16"])
+def test_amx_rows_do_not_depend_on_the_batch(method: str) -> None:
+    """A row's result is the same, bit for bit, whichever rows share its call: a sequence's
+    logits do not change as others join or leave the decode batch."""
+    torch.manual_seed(1)
+    layer = random_linear(96, 37)
+    layer.quantize(method)
+    x = torch.randn(53, 96)
+    full = layer(x)
+    for rows in (2, 5, 16, 17, 20, 27, 33):
+        assert torch.equal(layer(x[:rows]), full[:rows]), rows
+        assert torch.equal(layer(x[-rows:]), full[-rows:]), rows
 
 
 def test_int8_amx_keeps_fp32_inputs_exact() -> None:

@@ -273,11 +273,39 @@ static inline uint16_t bf16_nearest(float f) {
   return (uint16_t)(u >> 16);
 }
 
-static inline float bf16_value(uint16_t h) {
-  const uint32_t u = (uint32_t)h << 16;
-  float f;
-  memcpy(&f, &u, sizeof f);
-  return f;
+/* bf16_nearest of 16 floats, each in the low half of a 32-bit lane; and back to floats. */
+static inline __m512i bf16_nearest16(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  return _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+}
+
+static inline __m512 bf16_value16(__m512i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16)); }
+
+/* Input row x (K floats) as its three bf16 parts into the B tiles of its group of r rows
+ * (group: the group's first tile; the row is row i of it): part p goes to column p * r + i,
+ * each pair of K one 32-bit word of a tile row (VNNI), zeros past K to the last chunk's
+ * end. Each fp32 input is split into three bf16 parts whose sum is exactly that input. */
+static void split_row(const float* x, int64_t K, int64_t kc_count, uint16_t* group, int64_t r,
+                      int64_t i) {
+  const __m256i pair_rows = _mm256_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112);
+  for (int64_t k = 0; k < kc_count * KC; k += 16) {
+    const __mmask16 in = k + 16 <= K ? (__mmask16)0xFFFF
+                         : k < K     ? (__mmask16)((1u << (K - k)) - 1)
+                                     : (__mmask16)0;
+    const __m512 v = _mm512_maskz_loadu_ps(in, x + k);
+    const __m512i p0 = bf16_nearest16(v);
+    const __m512 r0 = _mm512_sub_ps(v, bf16_value16(p0)); /* exact: within 2^8 ulps of v */
+    const __m512i p1 = bf16_nearest16(r0);
+    const __m512i p2 = bf16_nearest16(_mm512_sub_ps(r0, bf16_value16(p1))); /* exact */
+    const __m512i parts[3] = {p0, p1, p2};
+    for (int64_t p = 0; p < 3; ++p) {
+      const int64_t c = p * r + i;
+      /* the 8 pairs of k..k+15: rows (k % KC) / 2 .. + 7 of tile c / 16, column c % 16 */
+      int32_t* at = (int32_t*)(group + ((c / T) * kc_count + k / KC) * 512) + ((k % KC) / 2) * T + c % T;
+      _mm256_i32scatter_epi32(at, pair_rows, _mm512_cvtepi32_epi16(parts[p]), 4);
+    }
+  }
 }
 
 /* 32 weights of row `w` from column k as bf16 (k + 32 <= K), exact for both kinds. */
@@ -291,19 +319,91 @@ static inline __m512i weights_bf16(const void* w, int kind_int8, int64_t k) {
   return _mm512_loadu_si512((const uint16_t*)w + k);
 }
 
+/* Rows m0 .. m0 + r (r < 16) of the output's columns n0.., from the n C tiles in acc of a
+ * group whose three parts sit side by side (column p * r + i: part p of row i): each tile
+ * is transposed into cols_of ([column][weight row]), then each row's parts are added, the
+ * small ones first, and scaled and biased as store_tile does. */
+static void store_parts(const float* acc, int64_t n, int64_t r, int64_t m0, int64_t n0,
+                        __mmask16 live, __m512 s, __m512 b, int has_scale, int has_bias,
+                        float* cols_of, int64_t N, float* out) {
+  for (int64_t t = 0; t < n; ++t) {
+    __m512 c[T];
+    for (int j = 0; j < T; ++j) c[j] = _mm512_load_ps(acc + (t * T + j) * T);
+    transpose16(c);
+    for (int i = 0; i < T; ++i) _mm512_store_ps(cols_of + (t * T + i) * T, c[i]);
+  }
+  for (int64_t i = 0; i < r; ++i) {
+    __m512 v = _mm512_add_ps(_mm512_load_ps(cols_of + i * T),
+                             _mm512_add_ps(_mm512_load_ps(cols_of + (r + i) * T),
+                                           _mm512_load_ps(cols_of + (2 * r + i) * T)));
+    if (has_scale) v = _mm512_mul_ps(v, s);
+    if (has_bias) v = _mm512_add_ps(v, b);
+    _mm512_mask_storeu_ps(out + (m0 + i) * N + n0, live, v);
+  }
+}
+
+/* Up to 3 C tiles, column tiles ct0.. (16 input rows' parts), against every K chunk, into
+ * acc: the weight tile is loaded once per chunk for all of them, and their chains of tile
+ * products are independent. */
+#define DOTS_BF16(n)                                                         \
+  do {                                                                       \
+    _tile_zero(0);                                                           \
+    if (n > 1) _tile_zero(1);                                                \
+    if (n > 2) _tile_zero(2);                                                \
+    for (int64_t kc = 0; kc < kc_count; ++kc) {                              \
+      _tile_loadd(4, wbuf + kc * T * KC, 2 * KC);                            \
+      _tile_loadd(5, xv + (ct0 * kc_count + kc) * 512, 64);                  \
+      if (n > 1) _tile_loadd(6, xv + ((ct0 + 1) * kc_count + kc) * 512, 64); \
+      if (n > 2) _tile_loadd(7, xv + ((ct0 + 2) * kc_count + kc) * 512, 64); \
+      _tile_dpbf16ps(0, 4, 5);                                               \
+      if (n > 1) _tile_dpbf16ps(1, 4, 6);                                    \
+      if (n > 2) _tile_dpbf16ps(2, 4, 7);                                    \
+    }                                                                        \
+    _tile_stored(0, acc, 64);                                                \
+    if (n > 1) _tile_stored(1, acc + T * T, 64);                             \
+    if (n > 2) _tile_stored(2, acc + 2 * T * T, 64);                         \
+  } while (0)
+
+/* DOTS_BF16(3) and, beside it, the one tile of a last group of 1 to 5 rows (ct0 + 3) into
+ * acc + 3 * T * T: alone, that tile's chain of products would wait on each one's latency. */
+#define DOTS_BF16_WITH_TAIL()                                      \
+  do {                                                             \
+    _tile_zero(0);                                                 \
+    _tile_zero(1);                                                 \
+    _tile_zero(2);                                                 \
+    _tile_zero(3);                                                 \
+    for (int64_t kc = 0; kc < kc_count; ++kc) {                    \
+      _tile_loadd(4, wbuf + kc * T * KC, 2 * KC);                  \
+      _tile_loadd(5, xv + (ct0 * kc_count + kc) * 512, 64);        \
+      _tile_loadd(6, xv + ((ct0 + 1) * kc_count + kc) * 512, 64);  \
+      _tile_loadd(7, xv + ((ct0 + 2) * kc_count + kc) * 512, 64);  \
+      _tile_dpbf16ps(0, 4, 5);                                     \
+      _tile_dpbf16ps(1, 4, 6);                                     \
+      _tile_dpbf16ps(2, 4, 7);                                     \
+      _tile_loadd(5, xv + ((ct0 + 3) * kc_count + kc) * 512, 64);  \
+      _tile_dpbf16ps(3, 4, 5);                                     \
+    }                                                              \
+    _tile_stored(0, acc, 64);                                      \
+    _tile_stored(1, acc + T * T, 64);                              \
+    _tile_stored(2, acc + 2 * T * T, 64);                          \
+    _tile_stored(3, acc + 3 * T * T, 64);                          \
+  } while (0)
+
 int tritium_amx_linear(int kind_int8, const float* x, int64_t M, int64_t K, const void* w,
                        const float* scale, const float* bias, int64_t N, float* out,
                        int nthreads) {
-  const int64_t kc_count = (K + KC - 1) / KC, mt_count = (M + T - 1) / T;
+  /* The B tiles' columns, 48 (3 tiles) per 16 input rows: column p * r + i of a group of
+   * r rows is part p of its row i. A full group is a tile per part; the last group's parts
+   * share tiles: 20 rows take 4 tiles where a tile per (16 rows, part) would take 6 (4 of
+   * them holding 4 rows), and 2 to 5 rows take one tile rather than three. */
+  const int64_t kc_count = (K + KC - 1) / KC, tail = M % T;
+  const int64_t ct_count = 3 * (M / T) + (3 * tail + T - 1) / T;
   const int64_t elt = kind_int8 ? 1 : 2;
-  /* B tiles: [part][input tile][K chunk], each 16 rows (pairs of K) of 16 columns x 2 bf16. */
-  const size_t tiles = (size_t)(3 * mt_count * kc_count);
-  uint16_t* xv = (uint16_t*)aligned_alloc(64, tiles * 512 * sizeof(uint16_t));
+  /* B tiles [column tile][K chunk], each 16 rows (pairs of K) of 16 columns x 2 bf16. */
+  uint16_t* xv = (uint16_t*)aligned_alloc(64, (size_t)(ct_count * kc_count) * 512 * sizeof(uint16_t));
   if (!xv) return -1;
-  /* Zeros where no row writes: the columns past M, in the last input tile of each part. */
-  for (int p = 0; p < 3; ++p)
-    memset(xv + (p * tiles / 3 + (mt_count - 1) * kc_count) * 512, 0,
-           (size_t)kc_count * 512 * sizeof(uint16_t));
+  /* Zeros where no row writes: the last tile's columns past 3M. */
+  memset(xv + (ct_count - 1) * kc_count * 512, 0, (size_t)kc_count * 512 * sizeof(uint16_t));
   int failed = 0;
 #ifdef _OPENMP
   omp_set_num_threads(nthreads);
@@ -311,38 +411,32 @@ int tritium_amx_linear(int kind_int8, const float* x, int64_t M, int64_t K, cons
 #endif
   {
     uint16_t* wbuf = (uint16_t*)aligned_alloc(64, sizeof(uint16_t) * (size_t)kc_count * T * KC);
-    float* acc = (float*)aligned_alloc(64, sizeof(float) * 3 * T * T);
-    if (!wbuf || !acc) {
+    /* The C tiles of 16 input rows, [tile][weight row][column], then transposed:
+     * [column][weight row]. */
+    float* acc = (float*)aligned_alloc(64, sizeof(float) * 4 * T * T);
+    float* cols_of = (float*)aligned_alloc(64, sizeof(float) * 3 * T * T);
+    const int ok = wbuf && acc && cols_of;
+    if (!ok) {
 #ifdef _OPENMP
 #pragma omp atomic write
 #endif
       failed = 1;
     }
-    /* Each thread splits some input tiles' rows into their three bf16 parts (zeros past K,
-     * up to the last K chunk's end). */
+    /* Each thread splits some rows into their three bf16 parts (zeros past K, up to the
+     * last K chunk's end), whole groups of 16 rows at a time: their tiles are theirs. */
 #ifdef _OPENMP
 #pragma omp for schedule(static, T)
 #endif
     for (int64_t m = 0; m < M; ++m) {
-      const int64_t mt = m / T, i = m % T;
-      for (int64_t k = 0; k < kc_count * KC; ++k) {
-        const float v = k < K ? x[m * K + k] : 0.0f;
-        const uint16_t p0 = bf16_nearest(v);
-        const float r0 = v - bf16_value(p0); /* exact: both are within 2^8 ulps of v */
-        const uint16_t p1 = bf16_nearest(r0);
-        const uint16_t p2 = bf16_nearest(r0 - bf16_value(p1)); /* 8 bits left: exact */
-        const int64_t at = (mt * kc_count + k / KC) * 512 + ((k % KC) / 2) * 32 + i * 2 + k % 2;
-        xv[at] = p0;
-        xv[tiles / 3 * 512 + at] = p1;
-        xv[2 * tiles / 3 * 512 + at] = p2;
-      }
+      const int64_t r = m - m % T + T <= M ? T : tail;
+      split_row(x + m * K, K, kc_count, xv + m / T * 3 * kc_count * 512, r, m % T);
     }
-    if (wbuf && acc) configure_tiles(3, 1, 2 * KC, 3, KC / 2);
+    if (ok) configure_tiles(4, 1, 2 * KC, 3, KC / 2);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
     for (int64_t n0 = 0; n0 < N; n0 += T) {
-      if (!wbuf || !acc) continue;
+      if (!ok) continue;
       const int nr = N - n0 < T ? (int)(N - n0) : T;
       /* The 16 rows as bf16, in K chunks of 32, zero past K and past N. */
       for (int j = 0; j < T; ++j) {
@@ -366,41 +460,46 @@ int tritium_amx_linear(int kind_int8, const float* x, int64_t M, int64_t K, cons
           }
         }
       }
-      for (int64_t mt = 0; mt < mt_count; ++mt) {
-        /* One C tile per input part: three independent chains of tile products. */
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        const uint16_t* x0 = xv + (mt * kc_count) * 512;
-        const uint16_t* x1 = x0 + tiles / 3 * 512;
-        const uint16_t* x2 = x1 + tiles / 3 * 512;
-        for (int64_t kc = 0; kc < kc_count; ++kc) {
-          _tile_loadd(3, wbuf + kc * T * KC, 2 * KC);
-          _tile_loadd(4, x0 + kc * 512, 64);
-          _tile_loadd(5, x1 + kc * 512, 64);
-          _tile_loadd(6, x2 + kc * 512, 64);
-          _tile_dpbf16ps(0, 3, 4);
-          _tile_dpbf16ps(1, 3, 5);
-          _tile_dpbf16ps(2, 3, 6);
+      const __mmask16 live = nr == T ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
+      const __m512 s = scale ? _mm512_maskz_loadu_ps(live, scale + n0) : _mm512_set1_ps(1.0f);
+      const __m512 b = bias ? _mm512_maskz_loadu_ps(live, bias + n0) : _mm512_setzero_ps();
+      for (int64_t ct0 = 0; ct0 < ct_count; ct0 += 3) {
+        const int64_t n = ct_count - ct0 < 3 ? ct_count - ct0 : 3;
+        const int64_t m0 = ct0 / 3 * T, r = m0 + T <= M ? T : tail;
+        const float* tail_acc = acc;
+        if (ct_count - ct0 == 4) { /* this full group and the last one's single tile */
+          DOTS_BF16_WITH_TAIL();
+          tail_acc = acc + 3 * T * T;
+        } else if (n == 3) {
+          DOTS_BF16(3);
+        } else if (n == 2) {
+          DOTS_BF16(2);
+        } else {
+          DOTS_BF16(1);
         }
-        _tile_stored(0, acc, 64);
-        _tile_stored(1, acc + T * T, 64);
-        _tile_stored(2, acc + 2 * T * T, 64);
         /* The small parts first: their sum is exact or nearly, before the large one. */
-        __m512 r[T];
-        for (int j = 0; j < T; ++j)
-          r[j] = _mm512_add_ps(_mm512_load_ps(acc + j * T),
-                               _mm512_add_ps(_mm512_load_ps(acc + (T + j) * T),
-                                             _mm512_load_ps(acc + (2 * T + j) * T)));
-        store_tile(r, mt * T, M, n0, nr, scale, bias, N, out);
+        if (r == T) { /* a tile per part: add them, then transpose the sum */
+          __m512 sum[T];
+          for (int j = 0; j < T; ++j)
+            sum[j] = _mm512_add_ps(_mm512_load_ps(acc + j * T),
+                                   _mm512_add_ps(_mm512_load_ps(acc + (T + j) * T),
+                                                 _mm512_load_ps(acc + (2 * T + j) * T)));
+          store_tile(sum, m0, M, n0, nr, scale, bias, N, out);
+          if (tail_acc == acc) continue;
+          ct0 += 3; /* the last group, in acc's fourth tile */
+        }
+        store_parts(tail_acc, ct_count - ct0 < 3 ? ct_count - ct0 : 3, M - ct0 / 3 * T,
+                    ct0 / 3 * T, n0, live, s, b, scale != NULL, bias != NULL, cols_of, N, out);
       }
     }
-    if (wbuf && acc) _tile_release();
-    free(wbuf), free(acc);
+    if (ok) _tile_release();
+    free(wbuf), free(acc), free(cols_of);
   }
   free(xv);
   return failed ? -1 : 0;
 }
+#undef DOTS_BF16
+#undef DOTS_BF16_WITH_TAIL
 
 #else /* no AMX from this compiler or CPU: the callers keep their AVX2 paths */
 
