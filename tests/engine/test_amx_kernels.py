@@ -70,6 +70,26 @@ def test_amx_rows_do_not_depend_on_the_batch(method: str) -> None:
         assert torch.equal(layer(x[-rows:]), full[-rows:]), rows
 
 
+@pytest.mark.parametrize(
+    ("method", "rows", "k"),
+    [("int8", 289, 576), ("bf16", 305, 576), ("bf16", 300, 40), ("q4", 1100, 1536)],
+)
+def test_long_inputs_go_over_the_weights_in_passes(method: str, rows: int, k: int) -> None:
+    """Inputs beyond about a megabyte of tiles (q4: two) are taken in passes over the
+    weights: rows past the first pass, and a last group of 1 row (289) or 1 + 16 rows (305)
+    split from or kept with the pass before, come out as in a call of their own."""
+    torch.manual_seed(rows)
+    layer = random_linear(k, 37)
+    layer.quantize(method)
+    x = torch.randn(rows, k)
+    got = layer(x)
+    seen = quant_kernel.quantize_activations_q8(x) if method == "q4" else x
+    expected = seen.double() @ layer.dequantized_weight().double().T + layer.bias.double()
+    scale = x.abs().sum(dim=1, keepdim=True) * layer.dequantized_weight().abs().max()
+    assert ((got.double() - expected).abs() <= 1e-6 * scale + 1e-6).all()
+    assert torch.equal(layer(x[-20:]), got[-20:])
+
+
 def test_int8_amx_keeps_fp32_inputs_exact() -> None:
     """Inputs whose low bits matter (1 + j * 2^-20: bf16 keeps only the 1): three bf16
     parts keep them, so the error is fp32 summation's, not the 6e-6 of a single part."""

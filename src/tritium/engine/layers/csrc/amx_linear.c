@@ -12,6 +12,11 @@
  *       both are exact in bf16; each fp32 input is split into three bf16 parts whose sum is
  *       exactly that input (8 + 8 + 8 significant bits), so TDPBF16PS (bf16 products, exact,
  *       summed in fp32) computes fp32 math on the stored weights, up to summation order.
+ *       The parts of the last rows (M % 16) share tiles rather than fill three.
+ *
+ * A row's result does not depend on which rows share its call (each is summed in the same
+ * order whatever M is). Long prompts go over the weights in passes of rows whose inputs
+ * stay in L2 (PASS_BYTES).
  *
  * A weight tile is 16 rows of the weight as stored (the A operand, row-major, so it needs no
  * transposition: the codes are only unpacked or widened); the inputs are the B operand,
@@ -44,6 +49,7 @@
 #define ARCH_REQ_XCOMP_PERM 0x1023
 #define XFEATURE_XTILEDATA 18
 #define T 16 /* rows of a tile: weight rows per A tile, input rows per B tile */
+#define PASS_BYTES (1 << 20) /* inputs' B tiles per pass over the weights (in L2) */
 
 /* 0: not asked yet; 1: on; -1: off (no permission, or turned off). */
 static int amx_state = 0;
@@ -189,37 +195,43 @@ int tritium_amx_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* c
       }
     }
     if (ok) configure_tiles(2, 2, QB, 2, QB / 4);
+    /* Passes over the weights, each for the input tiles whose B tiles and scales fit in
+     * about 2 x PASS_BYTES (see tritium_amx_linear): unpacking 4-bit weights costs more
+     * than widening int8 or bf16, so each pass takes more rows. */
+    const int64_t pass = 2 * PASS_BYTES / (nb * 640) > 0 ? 2 * PASS_BYTES / (nb * 640) : 1;
+    for (int64_t mb0 = 0; mb0 < mt_count; mb0 += pass) {
+      const int64_t mb1 = mb0 + pass < mt_count ? mb0 + pass : mt_count;
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-    for (int64_t n0 = 0; n0 < N; n0 += T) {
-      if (!ok) continue;
-      const int nr = N - n0 < T ? (int)(N - n0) : T;
-      for (int j = 0; j < T; ++j) {
-        float* row_dm = wdm + j * nb * 2;
-        if (j >= nr) {
-          memset(wbuf + j * QB, 0, QB);
-          for (int64_t b = 1; b < nb; ++b) memset(wbuf + (b * T + j) * QB, 0, QB);
-          memset(row_dm, 0, sizeof(float) * (size_t)nb * 2);
-          continue;
+      for (int64_t n0 = 0; n0 < N; n0 += T) {
+        if (!ok) continue;
+        const int nr = N - n0 < T ? (int)(N - n0) : T;
+        for (int j = 0; j < T; ++j) {
+          float* row_dm = wdm + j * nb * 2;
+          if (j >= nr) {
+            memset(wbuf + j * QB, 0, QB);
+            for (int64_t b = 1; b < nb; ++b) memset(wbuf + (b * T + j) * QB, 0, QB);
+            memset(row_dm, 0, sizeof(float) * (size_t)nb * 2);
+            continue;
+          }
+          const uint8_t* src = codes + (n0 + j) * (K / 2);
+          for (int64_t b = 0; b < nb; ++b) {
+            /* The next tile's codes, as the hardware prefetcher alone leaves the VM's memory
+             * bandwidth half used. A prefetch past the end is dropped, never a fault. */
+            if ((b & 3) == 0) _mm_prefetch((const char*)(src + 16 * b + T * (K / 2)), _MM_HINT_T1);
+            _mm256_store_si256((__m256i*)(wbuf + (b * T + j) * QB), q4_bytes(src + 16 * b));
+          }
+          const uint16_t* s = dm + (n0 + j) * nb * 2;
+          int64_t e = 0;
+          for (; e + 16 <= nb * 2; e += 16)
+            _mm512_storeu_ps(row_dm + e, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(s + e))));
+          for (; e < nb * 2; ++e) row_dm[e] = _cvtsh_ss(s[e]);
         }
-        const uint8_t* src = codes + (n0 + j) * (K / 2);
-        for (int64_t b = 0; b < nb; ++b) {
-          /* The next tile's codes, as the hardware prefetcher alone leaves the VM's memory
-           * bandwidth half used. A prefetch past the end is dropped, never a fault. */
-          if ((b & 3) == 0) _mm_prefetch((const char*)(src + 16 * b + T * (K / 2)), _MM_HINT_T1);
-          _mm256_store_si256((__m256i*)(wbuf + (b * T + j) * QB), q4_bytes(src + 16 * b));
-        }
-        const uint16_t* s = dm + (n0 + j) * nb * 2;
-        int64_t e = 0;
-        for (; e + 16 <= nb * 2; e += 16)
-          _mm512_storeu_ps(row_dm + e, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(s + e))));
-        for (; e < nb * 2; ++e) row_dm[e] = _cvtsh_ss(s[e]);
-      }
-      for (int64_t mt = 0; mt < mt_count; ++mt) {
-        /* A group of blocks' integer dots first, two C tiles in turn, into cbuf; then the
-         * vector units scale them. A load right after a tile store waits for it; by the
-         * second loop the stores have long landed. */
+        for (int64_t mt = mb0; mt < mb1; ++mt) {
+          /* A group of blocks' integer dots first, two C tiles in turn, into cbuf; then the
+           * vector units scale them. A load right after a tile store waits for it; by the
+           * second loop the stores have long landed. */
 #define Q4_DOTS(c, at, bt, b)                                      \
   do {                                                             \
     _tile_zero(c);                                                 \
@@ -228,31 +240,32 @@ int tritium_amx_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* c
     _tile_dpbusd(c, at, bt);                                       \
     _tile_stored(c, cbuf + ((b) - g0) * T * T, 64);                \
   } while (0)
-        __m512 a[T];
-        for (int j = 0; j < T; ++j) a[j] = _mm512_setzero_ps();
-        for (int64_t g0 = 0; g0 < nb; g0 += Q4_GROUP) {
-          const int64_t g1 = g0 + Q4_GROUP < nb ? g0 + Q4_GROUP : nb;
-          int64_t b = g0;
-          for (; b + 2 <= g1; b += 2) {
-            Q4_DOTS(0, 2, 4, b);
-            Q4_DOTS(1, 3, 5, b + 1);
-          }
-          if (b < g1) Q4_DOTS(0, 2, 4, b);
-          for (b = g0; b < g1; ++b) {
-            const int32_t* dots = cbuf + (b - g0) * T * T;
-            const __m512 dx = _mm512_load_ps(xdv + (mt * nb + b) * T);
-            const __m512 sx = _mm512_load_ps(xsv + (mt * nb + b) * T);
+          __m512 a[T];
+          for (int j = 0; j < T; ++j) a[j] = _mm512_setzero_ps();
+          for (int64_t g0 = 0; g0 < nb; g0 += Q4_GROUP) {
+            const int64_t g1 = g0 + Q4_GROUP < nb ? g0 + Q4_GROUP : nb;
+            int64_t b = g0;
+            for (; b + 2 <= g1; b += 2) {
+              Q4_DOTS(0, 2, 4, b);
+              Q4_DOTS(1, 3, 5, b + 1);
+            }
+            if (b < g1) Q4_DOTS(0, 2, 4, b);
+            for (b = g0; b < g1; ++b) {
+              const int32_t* dots = cbuf + (b - g0) * T * T;
+              const __m512 dx = _mm512_load_ps(xdv + (mt * nb + b) * T);
+              const __m512 sx = _mm512_load_ps(xsv + (mt * nb + b) * T);
 #pragma GCC unroll 16
-            for (int j = 0; j < T; ++j) {
-              const float* dmj = wdm + (j * nb + b) * 2;
-              const __m512 dot = _mm512_cvtepi32_ps(_mm512_load_si512(dots + j * T));
-              a[j] = _mm512_fmadd_ps(dot, _mm512_mul_ps(_mm512_set1_ps(dmj[0]), dx), a[j]);
-              a[j] = _mm512_fmadd_ps(_mm512_set1_ps(dmj[1]), sx, a[j]);
+              for (int j = 0; j < T; ++j) {
+                const float* dmj = wdm + (j * nb + b) * 2;
+                const __m512 dot = _mm512_cvtepi32_ps(_mm512_load_si512(dots + j * T));
+                a[j] = _mm512_fmadd_ps(dot, _mm512_mul_ps(_mm512_set1_ps(dmj[0]), dx), a[j]);
+                a[j] = _mm512_fmadd_ps(_mm512_set1_ps(dmj[1]), sx, a[j]);
+              }
             }
           }
-        }
 #undef Q4_DOTS
-        store_tile(a, mt * T, M, n0, nr, 0, bias, N, out);
+          store_tile(a, mt * T, M, n0, nr, 0, bias, N, out);
+        }
       }
     }
     if (ok) _tile_release();
@@ -343,15 +356,16 @@ static void store_parts(const float* acc, int64_t n, int64_t r, int64_t m0, int6
 }
 
 /* Up to 3 C tiles, column tiles ct0.. (16 input rows' parts), against every K chunk, into
- * acc: the weight tile is loaded once per chunk for all of them, and their chains of tile
- * products are independent. */
+ * acc: the weight tile (K chunk kc at a_base + kc * a_step, rows a_stride bytes apart) is
+ * loaded once per chunk for all of them, and their chains of tile products are
+ * independent. */
 #define DOTS_BF16(n)                                                         \
   do {                                                                       \
     _tile_zero(0);                                                           \
     if (n > 1) _tile_zero(1);                                                \
     if (n > 2) _tile_zero(2);                                                \
     for (int64_t kc = 0; kc < kc_count; ++kc) {                              \
-      _tile_loadd(4, wbuf + kc * T * KC, 2 * KC);                            \
+      _tile_loadd(4, a_base + kc * a_step, a_stride);                        \
       _tile_loadd(5, xv + (ct0 * kc_count + kc) * 512, 64);                  \
       if (n > 1) _tile_loadd(6, xv + ((ct0 + 1) * kc_count + kc) * 512, 64); \
       if (n > 2) _tile_loadd(7, xv + ((ct0 + 2) * kc_count + kc) * 512, 64); \
@@ -373,7 +387,7 @@ static void store_parts(const float* acc, int64_t n, int64_t r, int64_t m0, int6
     _tile_zero(2);                                                 \
     _tile_zero(3);                                                 \
     for (int64_t kc = 0; kc < kc_count; ++kc) {                    \
-      _tile_loadd(4, wbuf + kc * T * KC, 2 * KC);                  \
+      _tile_loadd(4, a_base + kc * a_step, a_stride);              \
       _tile_loadd(5, xv + (ct0 * kc_count + kc) * 512, 64);        \
       _tile_loadd(6, xv + ((ct0 + 1) * kc_count + kc) * 512, 64);  \
       _tile_loadd(7, xv + ((ct0 + 2) * kc_count + kc) * 512, 64);  \
@@ -432,64 +446,79 @@ int tritium_amx_linear(int kind_int8, const float* x, int64_t M, int64_t K, cons
       split_row(x + m * K, K, kc_count, xv + m / T * 3 * kc_count * 512, r, m % T);
     }
     if (ok) configure_tiles(4, 1, 2 * KC, 3, KC / 2);
+    /* Passes over the weights, each for the groups of rows whose B tiles fit in about
+     * PASS_BYTES: a prompt's inputs in three parts are megabytes, and read once for every
+     * weight tile they would come from memory each time. A last group's single tile goes
+     * with the group before it. Every thread runs every pass (a barrier after each). */
+    const int64_t groups_per_pass = PASS_BYTES / (3 * kc_count * 1024);
+    const int64_t pass = 3 * (groups_per_pass > 0 ? groups_per_pass : 1);
+    for (int64_t cb0 = 0, cb1; cb0 < ct_count; cb0 = cb1) {
+      cb1 = cb0 + pass < ct_count ? cb0 + pass : ct_count;
+      if (ct_count - cb1 == 1) cb1 = ct_count;
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-    for (int64_t n0 = 0; n0 < N; n0 += T) {
-      if (!ok) continue;
-      const int nr = N - n0 < T ? (int)(N - n0) : T;
-      /* The 16 rows as bf16, in K chunks of 32, zero past K and past N. */
-      for (int j = 0; j < T; ++j) {
-        const void* row = (const char*)w + (n0 + j) * K * elt;
-        for (int64_t kc = 0; kc < kc_count; ++kc) {
-          uint16_t* dst = wbuf + (kc * T + j) * KC;
-          const int64_t k = kc * KC;
-          if (j < nr && k + KC <= K) {
-            /* the next tile's weights (see the q4 kernel) */
-            for (int64_t b = 0; b < KC * elt; b += 64)
-              _mm_prefetch((const char*)row + (T * K + k) * elt + b, _MM_HINT_T1);
-            _mm512_store_si512((__m512i*)dst, weights_bf16(row, kind_int8, k));
-            continue;
+      for (int64_t n0 = 0; n0 < N; n0 += T) {
+        if (!ok) continue;
+        const int nr = N - n0 < T ? (int)(N - n0) : T;
+        /* bf16 weights in whole tiles (16 rows, K a multiple of 32) load straight from
+         * their rows as A tiles: no copy. */
+        const int direct = !kind_int8 && nr == T && K % KC == 0;
+        const uint16_t* a_base = direct ? (const uint16_t*)w + n0 * K : wbuf;
+        const int64_t a_step = direct ? KC : T * KC, a_stride = direct ? 2 * K : 2 * KC;
+        /* Otherwise the 16 rows as bf16, in K chunks of 32, zero past K and past N. */
+        for (int j = 0; j < T && !direct; ++j) {
+          const void* row = (const char*)w + (n0 + j) * K * elt;
+          for (int64_t kc = 0; kc < kc_count; ++kc) {
+            uint16_t* dst = wbuf + (kc * T + j) * KC;
+            const int64_t k = kc * KC;
+            if (j < nr && k + KC <= K) {
+              /* the next tile's weights (see the q4 kernel) */
+              for (int64_t b = 0; b < KC * elt; b += 64)
+                _mm_prefetch((const char*)row + (T * K + k) * elt + b, _MM_HINT_T1);
+              _mm512_store_si512((__m512i*)dst, weights_bf16(row, kind_int8, k));
+              continue;
+            }
+            for (int64_t e = 0; e < KC; ++e) {
+              uint16_t v = 0;
+              if (j < nr && k + e < K)
+                v = kind_int8 ? bf16_nearest((float)((const int8_t*)row)[k + e])
+                              : ((const uint16_t*)row)[k + e];
+              dst[e] = v;
+            }
           }
-          for (int64_t e = 0; e < KC; ++e) {
-            uint16_t v = 0;
-            if (j < nr && k + e < K)
-              v = kind_int8 ? bf16_nearest((float)((const int8_t*)row)[k + e])
-                            : ((const uint16_t*)row)[k + e];
-            dst[e] = v;
+        }
+        const __mmask16 live = nr == T ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
+        const __m512 s = scale ? _mm512_maskz_loadu_ps(live, scale + n0) : _mm512_set1_ps(1.0f);
+        const __m512 b = bias ? _mm512_maskz_loadu_ps(live, bias + n0) : _mm512_setzero_ps();
+        for (int64_t ct0 = cb0; ct0 < cb1; ct0 += 3) {
+          const int64_t n = cb1 - ct0 < 3 ? cb1 - ct0 : 3;
+          const int64_t m0 = ct0 / 3 * T, r = m0 + T <= M ? T : tail;
+          const float* tail_acc = acc;
+          if (cb1 - ct0 == 4) { /* this full group and the last one's single tile */
+            DOTS_BF16_WITH_TAIL();
+            tail_acc = acc + 3 * T * T;
+          } else if (n == 3) {
+            DOTS_BF16(3);
+          } else if (n == 2) {
+            DOTS_BF16(2);
+          } else {
+            DOTS_BF16(1);
           }
+          /* The small parts first: their sum is exact or nearly, before the large one. */
+          if (r == T) { /* a tile per part: add them, then transpose the sum */
+            __m512 sum[T];
+            for (int j = 0; j < T; ++j)
+              sum[j] = _mm512_add_ps(_mm512_load_ps(acc + j * T),
+                                     _mm512_add_ps(_mm512_load_ps(acc + (T + j) * T),
+                                                   _mm512_load_ps(acc + (2 * T + j) * T)));
+            store_tile(sum, m0, M, n0, nr, scale, bias, N, out);
+            if (tail_acc == acc) continue;
+            ct0 += 3; /* the last group, in acc's fourth tile */
+          }
+          store_parts(tail_acc, cb1 - ct0 < 3 ? cb1 - ct0 : 3, M - ct0 / 3 * T, ct0 / 3 * T,
+                      n0, live, s, b, scale != NULL, bias != NULL, cols_of, N, out);
         }
-      }
-      const __mmask16 live = nr == T ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
-      const __m512 s = scale ? _mm512_maskz_loadu_ps(live, scale + n0) : _mm512_set1_ps(1.0f);
-      const __m512 b = bias ? _mm512_maskz_loadu_ps(live, bias + n0) : _mm512_setzero_ps();
-      for (int64_t ct0 = 0; ct0 < ct_count; ct0 += 3) {
-        const int64_t n = ct_count - ct0 < 3 ? ct_count - ct0 : 3;
-        const int64_t m0 = ct0 / 3 * T, r = m0 + T <= M ? T : tail;
-        const float* tail_acc = acc;
-        if (ct_count - ct0 == 4) { /* this full group and the last one's single tile */
-          DOTS_BF16_WITH_TAIL();
-          tail_acc = acc + 3 * T * T;
-        } else if (n == 3) {
-          DOTS_BF16(3);
-        } else if (n == 2) {
-          DOTS_BF16(2);
-        } else {
-          DOTS_BF16(1);
-        }
-        /* The small parts first: their sum is exact or nearly, before the large one. */
-        if (r == T) { /* a tile per part: add them, then transpose the sum */
-          __m512 sum[T];
-          for (int j = 0; j < T; ++j)
-            sum[j] = _mm512_add_ps(_mm512_load_ps(acc + j * T),
-                                   _mm512_add_ps(_mm512_load_ps(acc + (T + j) * T),
-                                                 _mm512_load_ps(acc + (2 * T + j) * T)));
-          store_tile(sum, m0, M, n0, nr, scale, bias, N, out);
-          if (tail_acc == acc) continue;
-          ct0 += 3; /* the last group, in acc's fourth tile */
-        }
-        store_parts(tail_acc, ct_count - ct0 < 3 ? ct_count - ct0 : 3, M - ct0 / 3 * T,
-                    ct0 / 3 * T, n0, live, s, b, scale != NULL, bias != NULL, cols_of, N, out);
       }
     }
     if (ok) _tile_release();
