@@ -27,6 +27,30 @@ def portable() -> ctypes.CDLL:
         return native._build()
 
 
+def test_a_new_build_removes_builds_unused_for_a_day(tmp_path, monkeypatch) -> None:
+    """Each change of the sources or flags leaves a build in the cache: a new build deletes
+    those no process has loaded for a day, and keeps recent ones (another version in use)."""
+    import os
+    import time
+
+    monkeypatch.setenv("TRITIUM_CACHE_DIR", str(tmp_path))
+    folder = tmp_path / "kernels"
+    folder.mkdir()
+    stale, recent = folder / "tritium_cpu-0000000000000000.so", folder / "tritium_cpu-1111111111111111.so"  # fmt: skip
+    for path in (stale, recent):
+        path.write_bytes(b"an older build")
+    day_ago = time.time() - 25 * 3600
+    os.utime(stale, (day_ago, day_ago))
+    native._build()
+    builds = sorted(p.name for p in folder.glob("tritium_cpu-*.so"))
+    assert stale.name not in builds and recent.name in builds and len(builds) == 2
+    # A load marks its build as used: loading an old one keeps it for another day.
+    (built,) = set(folder.glob("tritium_cpu-*.so")) - {recent}
+    os.utime(built, (day_ago, day_ago))
+    native._build()
+    assert time.time() - built.stat().st_mtime < 3600
+
+
 def test_the_vector_build_is_what_this_machine_runs() -> None:
     """Guards the comparison: on an AVX2 machine the default build is the vector one."""
     if platform.machine() in ("x86_64", "AMD64") and {"avx2", "fma", "f16c"} <= native._cpu_flags():

@@ -11,6 +11,7 @@ concurrent processes never load a half-written file.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -19,10 +20,11 @@ import os
 import platform
 import shutil
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
-from tritium.engine.loader.cache import cache_root
+from tritium.engine.loader.cache import OTHER_VERSION_GRACE_S, cache_root
 
 logger = logging.getLogger(__name__)
 
@@ -193,12 +195,30 @@ def _build() -> ctypes.CDLL:
             raise KernelUnavailable(f"building Tritium's CPU kernels failed: {proc.stderr[-500:]}")
         os.replace(tmp, target)
         logger.info("built Tritium's CPU kernels: %s", target)
+        remove_unused_builds(target)
+    else:
+        with contextlib.suppress(OSError):  # a read-only cache still loads
+            os.utime(target)  # last used: what remove_unused_builds goes by
     lib = ctypes.CDLL(str(target))
     for name, (argtypes, restype) in SIGNATURES.items():
         fn = getattr(lib, name)
         fn.argtypes = argtypes
         fn.restype = restype
     return lib
+
+
+def remove_unused_builds(keep: Path) -> list[Path]:
+    """Delete the other builds beside ``keep`` that no process loaded for
+    OTHER_VERSION_GRACE_S (each load marks its file): every change of the sources, the
+    flags or the CPU leaves one behind. A process that has one loaded keeps it mapped."""
+    removed = []
+    now = time.time()
+    for old in keep.parent.glob("tritium_cpu-*.so"):
+        with contextlib.suppress(OSError):
+            if old != keep and now - old.stat().st_mtime > OTHER_VERSION_GRACE_S:
+                old.unlink()
+                removed.append(old)
+    return removed
 
 
 def ensure_available() -> None:
