@@ -3,7 +3,7 @@
 Chat prompts from shared/data/prompts.txt, N new tokens each, greedy, ignore_eos.
 Measures, in one run: our engine with one stream and with all prompts at once, in its
 default weight formats for this file (q4 for its Q4_1 weights, with 8-bit inputs as
-llama.cpp; int8 for its Q8_0 embedding and the tied lm_head), as int8 everywhere (fp32
+llama.cpp; q8 for its Q8_0 embedding and the tied lm_head), as int8 everywhere (fp32
 inputs), and dequantized (`--quantization none`, the dtype below); then our engine on the
 Hugging Face folder transformers loads (the same weights as bf16 safetensors: by default
 kept bf16 under fp32 math, and `none`, fp32 weights); then transformers `generate` one
@@ -137,7 +137,7 @@ def main() -> None:
         "--quantization",
         default="auto,int8,none",
         help="engine weight formats to measure, comma list: auto (the default: the GGUF's "
-        "4-bit weights as q4, its 8-bit ones as int8), q4, int8, none (dequantized, in --dtype)",
+        "4-bit weights as q4, its Q8_0 ones as q8), q4, q8, int8, none (dequantized, in --dtype)",
     )
     ap.add_argument(
         "--folder-quantization",

@@ -1,4 +1,4 @@
-"""The CPU matmul kernels alone on SmolLM2-135M's shapes: q4, int8 and bf16 weights at 1
+"""The CPU matmul kernels alone on SmolLM2-135M's shapes: q4, q8, int8 and bf16 weights at 1
 and 20 rows (one stream, a 20-sequence decode step), with AMX on and off where the CPU has
 it, against torch's own bf16 matmul (oneDNN) on the same shapes. Median ms per call.
 
@@ -19,7 +19,7 @@ import torch
 from tritium.engine.layers import quant_kernel as qk
 
 ROOT = Path(__file__).resolve().parents[1]
-#: SmolLM2-135M's linear layers (out_features, in_features); lm_head is int8 (its Q8_0 table).
+#: SmolLM2-135M's linear layers (out_features, in_features); lm_head is q8 (its Q8_0 table).
 SHAPES = {"qkv": (960, 576), "o": (576, 576), "gate_up": (3072, 576), "down": (576, 1536), "lm_head": (49152, 576)}  # fmt: skip
 
 
@@ -49,12 +49,13 @@ def main() -> None:
     }
     print(
         f"{'shape':<9}{'rows':>5}  "
-        + "".join(f"{k:>14}" for k in ("q4", "int8", "bf16", "torch bf16"))
+        + "".join(f"{k:>14}" for k in ("q4", "q8", "int8", "bf16", "torch bf16"))
     )
     for name, (n, k) in SHAPES.items():
         w = torch.randn(n, k) * 0.02
         q4 = qk.quantize_weight_q4(w)
         i8 = qk.quantize_weight_int8(w)
+        q8 = qk.quantize_weight_q8(w)
         wb = w.bfloat16()
         for rows in (1, 20):
             x = torch.randn(rows, k)
@@ -64,6 +65,7 @@ def main() -> None:
                 tag = f"{name}_{rows}{'_amx' if amx else ''}"
                 times = {
                     "q4": timed(args.repeats, qk.q4_linear, x, *q4, None),
+                    "q8": timed(args.repeats, qk.q8_linear, x, *q8, None),
                     "int8": timed(args.repeats, qk.int8_linear, x, *i8, None),
                     "bf16": timed(args.repeats, qk.bf16_linear, x, wb, None),
                     "torch bf16": timed(args.repeats, torch.nn.functional.linear, xb, wb),

@@ -10,6 +10,7 @@ import torch
 from engine_testing import assert_pool_free, random_linear, tokens_and_logprobs
 
 from tritium.engine.layers import native, quant_kernel
+from tritium.engine.layers.linear import BLOCK_FORMATS
 
 pytestmark = pytest.mark.skipif(
     not native.is_available() or not quant_kernel.amx_enabled(),
@@ -37,8 +38,8 @@ def _avx2(fn):
 # values a tile row holds).
 @pytest.mark.parametrize(
     ("method", "k", "n"),
-    [(m, k, n) for m in ("q4", "int8", "bf16") for k, n in ((96, 37), (576, 960), (40, 19))
-     if m != "q4" or k % 32 == 0],
+    [(m, k, n) for m in ("q4", "q8", "int8", "bf16") for k, n in ((96, 37), (576, 960), (40, 19))
+     if m in ("int8", "bf16") or k % 32 == 0],
 )  # fmt: skip
 @pytest.mark.parametrize("rows", [2, 17, 27, 33, 200])
 def test_amx_linear_matches_reference_and_avx2(method: str, rows: int, k: int, n: int) -> None:
@@ -46,7 +47,7 @@ def test_amx_linear_matches_reference_and_avx2(method: str, rows: int, k: int, n
     layer = random_linear(k, n)
     layer.quantize(method)
     x = torch.randn(rows, k) * 3
-    seen = quant_kernel.quantize_activations_q8(x) if method == "q4" else x
+    seen = quant_kernel.quantize_activations_q8(x) if method in BLOCK_FORMATS else x
     # fp64 reference: the AMX result is fp32 math on the stored weights (the q4 path's
     # inputs rounded to 8 bits per block first), whatever the order of the sums.
     expected = (seen.double() @ layer.dequantized_weight().double().T + layer.bias.double()).float()
@@ -56,7 +57,7 @@ def test_amx_linear_matches_reference_and_avx2(method: str, rows: int, k: int, n
     torch.testing.assert_close(got, _avx2(lambda: layer(x)), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["q4", "int8", "bf16"])
+@pytest.mark.parametrize("method", ["q4", "q8", "int8", "bf16"])
 def test_amx_rows_do_not_depend_on_the_batch(method: str) -> None:
     """A row's result is the same, bit for bit, whichever rows share its call: a sequence's
     logits do not change as others join or leave the decode batch."""
@@ -72,7 +73,13 @@ def test_amx_rows_do_not_depend_on_the_batch(method: str) -> None:
 
 @pytest.mark.parametrize(
     ("method", "rows", "k"),
-    [("int8", 289, 576), ("bf16", 305, 576), ("bf16", 300, 40), ("q4", 1100, 1536)],
+    [
+        ("int8", 289, 576),
+        ("bf16", 305, 576),
+        ("bf16", 300, 40),
+        ("q4", 1100, 1536),
+        ("q8", 1100, 1536),
+    ],
 )
 def test_long_inputs_go_over_the_weights_in_passes(method: str, rows: int, k: int) -> None:
     """Inputs beyond about a megabyte of tiles (q4: two) are taken in passes over the
@@ -83,7 +90,7 @@ def test_long_inputs_go_over_the_weights_in_passes(method: str, rows: int, k: in
     layer.quantize(method)
     x = torch.randn(rows, k)
     got = layer(x)
-    seen = quant_kernel.quantize_activations_q8(x) if method == "q4" else x
+    seen = quant_kernel.quantize_activations_q8(x) if method in BLOCK_FORMATS else x
     expected = seen.double() @ layer.dequantized_weight().double().T + layer.bias.double()
     scale = x.abs().sum(dim=1, keepdim=True) * layer.dequantized_weight().abs().max()
     assert ((got.double() - expected).abs() <= 1e-6 * scale + 1e-6).all()
@@ -115,7 +122,7 @@ def test_engine_tokens_with_and_without_amx(tiny_model_dirs) -> None:
 
     def run() -> tuple[list[list[int]], list[float]]:
         outs = []
-        for quantization in ("q4", "int8", "bf16"):
+        for quantization in ("q4", "q8", "int8", "bf16"):
             llm = LLM(str(tiny_model_dirs["llama"]), dtype="float32", quantization=quantization)
             outs += llm.generate(prompts, params, use_tqdm=False)
             assert_pool_free(llm)

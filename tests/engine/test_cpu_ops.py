@@ -221,6 +221,7 @@ def test_attention_layer_same_with_and_without_the_ops(monkeypatch: pytest.Monke
         ("qwen2", "q4", None),
         ("qwen3", "q4", None),
         ("mistral", "q4", 8),
+        ("llama", "q8", None),
         ("qwen2", "bf16", None),
         ("llama", "fp16", None),
     ],

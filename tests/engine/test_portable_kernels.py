@@ -11,7 +11,7 @@ import torch
 from engine_testing import random_linear
 
 from tritium.engine.layers import native, quant_kernel
-from tritium.engine.layers.linear import QUANT_METHODS
+from tritium.engine.layers.linear import BLOCK_FORMATS, QUANT_METHODS
 
 pytestmark = pytest.mark.skipif(
     not native.is_available(), reason="the CPU kernels need a C compiler"
@@ -91,12 +91,12 @@ def test_portable_linears_match_their_reference(portable, monkeypatch, method, r
 
 def _check_linear_on(lib: ctypes.CDLL, monkeypatch, method: str, rows: int) -> None:
     """A `method` layer run by `lib` against fp32 math on its weights (and its inputs at 8
-    bits for q4), and against the default build."""
+    bits for q4 and q8), and against the default build."""
     torch.manual_seed(rows)
     layer = random_linear(160, 37)
     layer.quantize(method)
     x = torch.randn(rows, 160)
-    seen = quant_kernel.quantize_activations_q8(x) if method == "q4" else x
+    seen = quant_kernel.quantize_activations_q8(x) if method in BLOCK_FORMATS else x
     expected = seen @ layer.dequantized_weight().T + layer.bias
     default = layer(x)
     monkeypatch.setattr(native, "library", lambda: lib)

@@ -17,7 +17,12 @@ from test_models import NEW_TOKENS, PROMPTS, hf_greedy
 from tritium.engine import LLM, EngineArgs, SamplingParams
 from tritium.engine.engine_core import engine_dtype, resolve_quantization
 from tritium.engine.layers import quant_kernel
-from tritium.engine.layers.linear import QUANT_KERNEL_MAX_ROWS, Linear, quantize_linears
+from tritium.engine.layers.linear import (
+    BLOCK_FORMATS,
+    QUANT_KERNEL_MAX_ROWS,
+    Linear,
+    quantize_linears,
+)
 from tritium.engine.layers.quant_kernel import quantize_weight_int8, quantize_weight_q4
 from tritium.engine.loader import gguf, load_checkpoint
 
@@ -25,7 +30,7 @@ pytestmark = pytest.mark.skipif(
     not quant_kernel.is_available(), reason="the quantized kernels need a C compiler"
 )
 
-FORMATS = ["int8", "q4", "bf16", "fp16"]
+FORMATS = ["int8", "q4", "q8", "bf16", "fp16"]
 
 
 @pytest.mark.parametrize("method", FORMATS)
@@ -34,7 +39,7 @@ FORMATS = ["int8", "q4", "bf16", "fp16"]
 def test_linear_equals_fp32_math_on_the_dequantized_weight(
     method: str, rows: int, bias: bool
 ) -> None:
-    """int8, bf16, fp16: fp32 inputs; q4: inputs rounded to 8 bits per block of 32
+    """int8, bf16, fp16: fp32 inputs; q4, q8: inputs rounded to 8 bits per block of 32
     (llama.cpp's rule); on the one-row path, the several-row path and the >64-row matmul."""
     torch.manual_seed(rows)
     # 37 rows: a partial tile of the kernels' 4; K = 160: five q4 blocks, K % 16 != 0.
@@ -42,10 +47,10 @@ def test_linear_equals_fp32_math_on_the_dequantized_weight(
     layer.quantize(method)
     assert layer.weight is None and layer.quant == method
     x = torch.randn(rows, 160) * torch.logspace(-1, 1, 160)  # blocks of different scale
-    seen = quant_kernel.quantize_activations_q8(x) if method == "q4" else x
+    seen = quant_kernel.quantize_activations_q8(x) if method in BLOCK_FORMATS else x
     expected = seen @ layer.dequantized_weight().T + (layer.bias if bias else 0)
     torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
-    if method == "q4":  # the 8-bit rounding is visible: the reference is not fp32 inputs
+    if method in BLOCK_FORMATS:  # the 8-bit rounding is visible: not fp32 inputs
         assert not torch.allclose(
             x @ layer.dequantized_weight().T,
             expected - (layer.bias if bias else 0),
@@ -78,7 +83,7 @@ def test_linear_keeps_input_dtype_and_leading_dims(method: str) -> None:
     x = torch.randn(2, 3, 64, dtype=torch.bfloat16)
     out = layer(x)
     assert out.shape == (2, 3, 24) and out.dtype == torch.bfloat16
-    seen = quant_kernel.quantize_activations_q8(x.float()) if method == "q4" else x.float()
+    seen = quant_kernel.quantize_activations_q8(x.float()) if method in BLOCK_FORMATS else x.float()
     expected = seen @ layer.dequantized_weight().T
     torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=2e-2)
 
@@ -246,13 +251,13 @@ def test_quantized_engine_matches_transformers_on_the_same_weights(smollm2_dir, 
             w = w.split(sizes)[sources.index(name + ".weight")]
         # A fresh Parameter also unties lm_head from the (still fp32) embedding.
         module.weight = torch.nn.Parameter(w.clone())
-        if method == "q4":
+        if method in BLOCK_FORMATS:
             module.register_forward_pre_hook(
                 lambda _, args: (quant_kernel.quantize_activations_q8(args[0]),)
             )
     for prompt, out in zip(PROMPTS, outs, strict=True):
         ids, ours_ids = tok.encode(prompt), list(out.outputs[0].token_ids)
-        if method != "q4":  # fp32 math on the same weights
+        if method not in BLOCK_FORMATS:  # fp32 math on the same weights
             assert ours_ids == hf_greedy(model, ids, NEW_TOKENS)
             continue
         with torch.inference_mode():
@@ -266,11 +271,11 @@ def test_a_quantized_gguf_runs_quantized_on_cpu_unless_told_otherwise(smollm2_di
     gguf_ckpt = load_checkpoint("smollm2", dtype=torch.float32, progress=False)
     assert gguf_ckpt.gguf_file is not None  # the packaged Q4_1 file
     formats = resolve_quantization(EngineArgs(model="smollm2"), gguf_ckpt)
-    # Q4_1 layers run as q4; the Q8_0 embedding (and so the tied lm_head) as int8
+    # Q4_1 layers run as q4; the Q8_0 embedding (and so the tied lm_head) as q8
     assert formats == gguf.quantized_weight_formats(gguf_ckpt.gguf_file)
     assert isinstance(formats, dict)
     assert formats["model.layers.0.self_attn.q_proj.weight"] == "q4"
-    assert formats["model.embed_tokens.weight"] == "int8"
+    assert formats["model.embed_tokens.weight"] == "q8"
     assert resolve_quantization(EngineArgs(model="smollm2", quantization="none"), gguf_ckpt) is None
     folder_ckpt = load_checkpoint(str(smollm2_dir), dtype=torch.float32, progress=False)
     # the converted folder stores bf16, which fp32 math keeps (test_a_16_bit_checkpoint_...)
@@ -282,6 +287,27 @@ def test_a_quantized_gguf_runs_quantized_on_cpu_unless_told_otherwise(smollm2_di
         cuda = EngineArgs(model="smollm2", quantization=method, device="cuda")
         with pytest.raises(ValueError, match="CPU weight format"):
             resolve_quantization(cuda, gguf_ckpt)
+
+
+def test_a_q8_0_gguf_weight_runs_on_its_own_blocks() -> None:
+    """SmolLM2's Q8_0 embedding table, tied to the lm_head, runs as q8 holding the file's
+    own codes and scales, block for block (no second rounding)."""
+    import numpy as np
+    from gguf import GGUFReader
+
+    from tritium.engine.loader import default_model_path
+
+    reader = GGUFReader(default_model_path())
+    (table,) = [t for t in reader.tensors if t.name == "token_embd.weight"]
+    assert table.tensor_type.name == "Q8_0"
+    rows = int(table.shape[1])
+    blocks = np.asarray(table.data).reshape(rows, -1, 34)  # fp16 d, then 32 int8 codes
+    d = torch.from_numpy(blocks[..., :2].copy().view(np.float16)).squeeze(-1)
+    codes = torch.from_numpy(blocks[..., 2:].copy().view(np.int8)).reshape(rows, -1)
+    llm = LLM("smollm2", kv_cache_memory_bytes=16 << 20)
+    lm_head = llm.engine_core.runner.model.lm_head
+    assert lm_head.quant == "q8"
+    assert torch.equal(lm_head.qweight, codes) and torch.equal(lm_head.wscale, d)
 
 
 def test_unknown_quantization_is_named() -> None:
@@ -333,8 +359,8 @@ def test_a_quantized_model_computes_in_fp32_on_a_cpu_with_native_bf16(monkeypatc
     )
     llm = LLM("smollm2", device="cpu")
     runner = llm.engine_core.runner
-    assert runner.dtype == torch.float32 and runner.quantization == "int8 x1, q4 x120"
-    # Streamed from the file in fp32 into q4/int8: never through bf16, nor through a copy.
+    assert runner.dtype == torch.float32 and runner.quantization == "q4 x120, q8 x1"
+    # Streamed from the file in fp32 into q4/q8: never through bf16, nor through a copy.
     assert converted == []
     # Asked for, bf16 is what it gets; and an unquantized model keeps 'auto' = bf16.
     assert (

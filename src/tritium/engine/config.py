@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-#: `quantization` values that pick a CPU weight format (layers.linear.QUANT_METHODS): int8
-#: rows, 4-bit blocks, or 16-bit floats widened to fp32 in the kernels.
-CPU_WEIGHT_FORMATS = ("q4", "int8", "bf16", "fp16")
+#: `quantization` values that pick a CPU weight format (layers.linear.QUANT_METHODS): 4-bit
+#: or 8-bit blocks, int8 rows, or 16-bit floats widened to fp32 in the kernels.
+CPU_WEIGHT_FORMATS = ("q4", "q8", "int8", "bf16", "fp16")
 
 _DTYPES = {
     "bfloat16": torch.bfloat16,

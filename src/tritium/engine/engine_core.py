@@ -72,14 +72,15 @@ def load_engine_checkpoint(args: EngineArgs, progress: bool = True) -> Checkpoin
 
 
 def resolve_quantization(args: EngineArgs, ckpt: Checkpoint) -> str | dict[str, str] | None:
-    """The weight format the model runs in: one format for every layer ("q4", "int8",
+    """The weight format the model runs in: one format for every layer ("q4", "q8", "int8",
     "bf16", "fp16"), a format per checkpoint weight name, or None (every weight in
     ``args.dtype``).
 
     Unset follows the checkpoint on CPU, when our kernels build here (dequantized
     otherwise). A GGUF file's quantized weights run quantized, as vLLM does: 4-bit types
-    as "q4" (the blocks kept exactly, inputs quantized to 8 bits per block as llama.cpp
-    does), wider types as "int8" (inputs stay fp32). When the model computes in fp32,
+    as "q4" and Q8_0 as "q8" (the blocks kept exactly, inputs quantized to 8 bits per
+    block as llama.cpp does), other wider types as "int8" (inputs stay fp32). When the
+    model computes in fp32,
     weights stored as bf16 or fp16 stay so: the kernels widen them exactly, so the math is
     fp32's on the same values, reading half the bytes.
     """
@@ -131,11 +132,11 @@ def resolve_table_formats(
     ckpt: Checkpoint, quantization: str | dict[str, str] | None
 ) -> str | dict[str, str] | None:
     """The formats the embedding tables take (read by linear.embedding_formats): those of
-    `quantization`, except that "q4" or "int8" for every layer keeps a table the checkpoint
-    stores in 16 bits as it is. Tables stay out of q4/int8 (a looked-up row must come back
+    `quantization`, except that "q4", "q8" or "int8" for every layer keeps a table the
+    checkpoint stores in 16 bits as it is. Tables stay out of those (a looked-up row must come back
     exact), so without this they would widen to fp32: twice the bytes, for the same values.
     """
-    if quantization in ("q4", "int8"):
+    if quantization in ("q4", "q8", "int8"):
         return stored_half_formats(ckpt)
     return quantization
 

@@ -86,7 +86,7 @@ class ModelRunner:
             self.model.load_weights(quantize_as_loaded(self.model, plan, weights))
             if cached is not None:
                 cached.save(self.model)
-        #: How the linear layers' weights are stored, e.g. "q4 x210, int8 x1"; None: dtype.
+        #: How the linear layers' weights are stored, e.g. "q4 x210, q8 x1"; None: dtype.
         counts = sorted(Counter(plan.values()).items())
         self.quantization = ", ".join(f"{k} x{n}" for k, n in counts) or None
         self.model.eval()

@@ -217,7 +217,7 @@ class LayerParams(ctypes.Structure):
     ]
 
 
-_KINDS = {"int8": 1, "q4": 2, "bf16": 3, "fp16": 4}
+_KINDS = {"int8": 1, "q4": 2, "bf16": 3, "fp16": 4, "q8": 5}
 
 
 def linear_params(layer: Linear) -> LinearParams | None:

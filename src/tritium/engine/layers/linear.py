@@ -6,9 +6,10 @@ read from memory), oneDNN's inner-product primitive runs about a third faster th
 BLAS call behind F.linear (measured with SmolLM2-135M's shapes on AVX2). Same parameters
 and names as nn.Linear, so loading and other devices are unchanged.
 
-`quantize()` swaps the weight for int8 rows with per-row scales (a quarter of the bytes)
-or 4-bit blocks (an eighth, plus a scale and minimum per 32 values, with inputs rounded to
-8 bits per block of 32, as llama.cpp does), or keeps them as bf16/fp16 (half the bytes,
+`quantize()` swaps the weight for int8 rows with per-row scales (a quarter of the bytes),
+4-bit blocks (an eighth, plus a scale and minimum per 32 values) or 8-bit blocks (a
+quarter, plus a scale per 32 values: llama.cpp's Q8_0), both with inputs rounded to 8 bits
+per block of 32 as llama.cpp does, or keeps them as bf16/fp16 (half the bytes,
 exact for a checkpoint stored so: widening to fp32 is exact); decode-sized inputs then run
 our kernels (quant_kernel.py), which stream the compact weight once per step.
 Large inputs (prefill chunks) are compute-bound instead, so they widen the weight back to
@@ -34,7 +35,10 @@ _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_l
 QUANT_KERNEL_MAX_ROWS = 64
 
 #: Weight formats `Linear.quantize` accepts, with the in_features multiple each needs.
-QUANT_METHODS = {"int8": 8, "q4": qk.Q4_BLOCK, "bf16": 8, "fp16": 8}
+QUANT_METHODS = {"int8": 8, "q4": qk.Q4_BLOCK, "q8": qk.Q4_BLOCK, "bf16": 8, "fp16": 8}
+
+#: The block formats, whose kernels round their inputs to 8 bits per block of 32.
+BLOCK_FORMATS = {"q4": qk.q4_linear, "q8": qk.q8_linear}
 
 #: The 16-bit float formats: the weight kept in this dtype, no scales.
 HALF_FORMATS = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -48,8 +52,10 @@ class Linear(nn.Linear):
     or the dummy loader, and random values would cost time and commit the memory of the
     full-precision weight that a compact format replaces as it loads."""
 
-    qweight: torch.Tensor | None  # int8 [N, K], q4 codes [N, K / 2] uint8, bf16/fp16 [N, K]
-    wscale: torch.Tensor | None  # int8: [N] fp32 scales; q4: [N, K / 32, 2] fp16 (d, m)
+    # int8 [N, K], q4 codes [N, K / 2] uint8, q8 codes [N, K] int8, bf16/fp16 [N, K]
+    qweight: torch.Tensor | None
+    # int8: [N] fp32 scales; q4: [N, K / 32, 2] fp16 (d, m); q8: [N, K / 32] fp16
+    wscale: torch.Tensor | None
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -76,6 +82,8 @@ class Linear(nn.Linear):
             self.set_compact_weight(method, *qk.quantize_weight_int8(self.weight))
         elif method == "q4":
             self.set_compact_weight(method, *qk.quantize_weight_q4(self.weight))
+        elif method == "q8":
+            self.set_compact_weight(method, *qk.quantize_weight_q8(self.weight))
         else:
             half = self.weight.detach().to(HALF_FORMATS[method]).contiguous()
             self.set_compact_weight(method, half, None)
@@ -99,6 +107,8 @@ class Linear(nn.Linear):
         assert self.wscale is not None
         if self.quant == "int8":
             return self.qweight.float() * self.wscale[:, None]
+        if self.quant == "q8":
+            return qk.dequantize_q8(self.qweight, self.wscale)
         return qk.dequantize_q4(self.qweight, self.wscale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -111,11 +121,11 @@ class Linear(nn.Linear):
                 if self.quant == "fp16":
                     return qk.fp16_linear(x, self.qweight, self.bias)
                 assert self.wscale is not None
-                kernel = qk.int8_linear if self.quant == "int8" else qk.q4_linear
+                kernel = BLOCK_FORMATS.get(self.quant, qk.int8_linear)
                 return kernel(x, self.qweight, self.wscale, self.bias)
             w = self.dequantized_weight().to(x.dtype)
             b = None if self.bias is None else self.bias.to(x.dtype)
-            if self.quant == "q4":  # the kernel's 8-bit inputs, so every row size agrees
+            if self.quant in BLOCK_FORMATS:  # the kernel's 8-bit inputs: every row size agrees
                 x = qk.quantize_activations_q8(x.float()).to(x.dtype)
             return self._dense(x, w, b)
         return self._dense(x, self.weight, self.bias)
@@ -133,7 +143,7 @@ def weight_formats(model: nn.Module, formats: str | Mapping[str, str]) -> dict[s
 
     `formats` is one format for every layer, or a format per checkpoint weight name: a
     layer fed by several checkpoint tensors (packed q/k/v, gate/up) takes their format
-    when they agree, the widest of int8 and q4 when those mix, and stays float otherwise
+    when they agree, int8 when int8 and the block formats (q4, q8) mix, and stays float otherwise
     (one source without a format, or 16-bit floats that differ). A layer whose width the
     format cannot tile falls back to float (q4: to int8 first).
     """
@@ -224,4 +234,4 @@ def _shared_format(sources: set[str | None]) -> str | None:
     """The one format a packed layer's checkpoint tensors can share (weight_formats)."""
     if len(sources) == 1:
         return next(iter(sources))
-    return "int8" if sources <= {"int8", "q4"} else None
+    return "int8" if sources <= {"int8", "q4", "q8"} else None

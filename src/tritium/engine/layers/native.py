@@ -38,6 +38,7 @@ SIGNATURES: dict[str, tuple[list, object]] = {
     # x, M, K, weight codes, scales, bias, N, out, threads
     "tritium_int8_linear": ([_p, _i64, _i64, _p, _p, _p, _i64, _p, _int], _int),
     "tritium_q4_linear": ([_p, _i64, _i64, _p, _p, _p, _i64, _p, _int], _int),
+    "tritium_q8_linear": ([_p, _i64, _i64, _p, _p, _p, _i64, _p, _int], _int),
     # x, M, K, 16-bit weights, bias, N, out, threads
     "tritium_bf16_linear": ([_p, _i64, _i64, _p, _p, _i64, _p, _int], _int),
     "tritium_fp16_linear": ([_p, _i64, _i64, _p, _p, _i64, _p, _int], _int),

@@ -1,5 +1,6 @@
 """The CPU matmuls for compact weights (csrc/quant_linear.c, built by native.py: int8,
-4-bit, and 16-bit floats widened to fp32) and the functions that quantize weights for them."""
+4-bit and 8-bit blocks, and 16-bit floats widened to fp32) and the functions that quantize
+weights for them."""
 
 from __future__ import annotations
 
@@ -15,14 +16,17 @@ __all__ = [
     "amx_enabled",
     "bf16_linear",
     "dequantize_q4",
+    "dequantize_q8",
     "ensure_available",
     "fp16_linear",
     "int8_linear",
     "is_available",
     "q4_linear",
+    "q8_linear",
     "quantize_activations_q8",
     "quantize_weight_int8",
     "quantize_weight_q4",
+    "quantize_weight_q8",
     "set_amx",
 ]  # fmt: skip
 
@@ -146,8 +150,34 @@ def dequantize_q4(codes: torch.Tensor, dm: torch.Tensor) -> torch.Tensor:
     return (q * d[..., None] + m[..., None]).reshape(n, -1)
 
 
+def quantize_weight_q8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blocks of 32 along each row as 8-bit codes with an fp16 scale each (``w ~= d * q``,
+    llama.cpp's Q8_0: d is the block's largest magnitude / 127).
+
+    Returns (codes [N, K] int8, d [N, K / 32] fp16). Weights that came from a Q8_0 GGUF
+    come back exactly: each block's largest code is +-127, so d is found again and every
+    code with it."""
+    return _by_rows(weight, _q8_rows)
+
+
+def _q8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    n, k = weight.shape
+    w = weight.detach().float().reshape(n, k // Q4_BLOCK, Q4_BLOCK)
+    d = (w.abs().amax(dim=-1) / 127.0).half()
+    # Codes from the fp16 d the kernel will use, so rounding happens once.
+    inv = torch.where(d.float() > 0, 1.0 / d.float(), torch.zeros_like(d, dtype=torch.float32))
+    q = torch.round(w * inv[..., None]).clamp_(-127, 127).to(torch.int8)
+    return q.reshape(n, k).contiguous(), d.contiguous()
+
+
+def dequantize_q8(codes: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """The fp32 weight [N, K] that (codes, d) encode."""
+    n = codes.shape[0]
+    return (codes.reshape(n, -1, Q4_BLOCK).float() * d.float()[..., None]).reshape(n, -1)
+
+
 def quantize_activations_q8(x: torch.Tensor) -> torch.Tensor:
-    """x (fp32, last dim a multiple of 32) as the q4 kernel sees it: each block of 32 values
+    """x (fp32, last dim a multiple of 32) as the q4 and q8 kernels see it: each block of 32 values
     rounded to 8 bits with its own scale (llama.cpp's Q8_1), and back to fp32."""
     blocks = x.reshape(*x.shape[:-1], -1, Q4_BLOCK)
     d = blocks.abs().amax(dim=-1, keepdim=True) / 127.0
@@ -210,6 +240,14 @@ def q4_linear(
     """``quantize_activations_q8(x) @ dequantize_q4(codes, dm).T + bias`` on CPU, in x's
     dtype (K a multiple of 32): 4-bit weights times 8-bit inputs, as llama.cpp computes."""
     return _call(native.library().tritium_q4_linear, x, codes, dm, bias)
+
+
+def q8_linear(
+    x: torch.Tensor, codes: torch.Tensor, d: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """``quantize_activations_q8(x) @ dequantize_q8(codes, d).T + bias`` on CPU, in x's
+    dtype (K a multiple of 32): 8-bit weights times 8-bit inputs, llama.cpp's Q8_0 x Q8_0."""
+    return _call(native.library().tritium_q8_linear, x, codes, d, bias)
 
 
 def bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -333,17 +333,24 @@ def tensor_types(path: Path) -> dict[str, str]:
     return {t.name: t.type_name for t in tensor_index(path)}
 
 
-#: GGUF types of at most 4 bits per weight, which run as "q4"; wider ones (Q5_*, Q6_K, Q8_*)
-#: run as "int8", so a weight never loses precision it had in the file.
+#: GGUF types of at most 4 bits per weight, which run as "q4"; Q8_0 runs as "q8" (its own
+#: blocks); other wider ones (Q5_*, Q6_K, Q8_K) as "int8", so a weight never loses
+#: precision it had in the file.
 _FOUR_BIT_OR_LESS = ("Q4", "Q3", "Q2", "IQ4", "IQ3", "IQ2", "IQ1", "TQ")
+
+
+def _cpu_format(kind: str) -> str:
+    if kind.startswith(_FOUR_BIT_OR_LESS):
+        return "q4"
+    return "q8" if kind == "Q8_0" else "int8"
 
 
 def quantized_weight_formats(path: Path) -> dict[str, str]:
     """The Hugging Face names of the weights the GGUF file stores quantized, each with the
-    CPU format it runs in: "q4" for 4-bit-or-less types (Q4_0, Q4_1, Q4_K, ...), "int8" for
-    the wider ones (Q5_*, Q6_K, Q8_0, ...)."""
+    CPU format it runs in: "q4" for 4-bit-or-less types (Q4_0, Q4_1, Q4_K, ...), "q8" for
+    Q8_0, "int8" for the other wider ones (Q5_*, Q6_K, ...)."""
     return {
-        hf_tensor_name(name): "q4" if kind.startswith(_FOUR_BIT_OR_LESS) else "int8"
+        hf_tensor_name(name): _cpu_format(kind)
         for name, kind in tensor_types(path).items()
         if kind not in ("F32", "F16", "BF16") and name not in _CONFIG_TENSORS
     }

@@ -43,7 +43,7 @@ PREPARED_VERSION = 3
 
 #: Formats worth caching: computing them costs a pass over every weight. Plain and 16-bit
 #: weights load as fast from the checkpoint itself, so copying them would only cost disk.
-CACHED_FORMATS = frozenset({"q4", "int8"})
+CACHED_FORMATS = frozenset({"q4", "q8", "int8"})
 
 #: Fewer weights than this quantize in a fraction of a second (SmolLM2-135M has 134M): a
 #: cache entry would cost disk and save nothing.

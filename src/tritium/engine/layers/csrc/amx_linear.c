@@ -2,12 +2,14 @@
  * quant_linear.c when 2 <= M rows share a weight (a decode step of several sequences, a
  * prompt):
  *
- *   tritium_amx_q4_linear: q4 weights (4-bit codes, fp16 d and m per block of 32) against
- *       inputs quantized to 8 bits per block as the one-row path does
- *       (tritium_quantize_row_q8, each thread a share of the rows). TDPBUSD multiplies the codes as bytes, u8 x s8 -> s32, one block of 32 at a time,
- *       and each block's integer dot product is scaled as the one-row path does:
- *       d_w * d_x * (q_w . q_x) + m_w * s_x. The integers are exact, so a row's result is
- *       the one-row kernel's up to the order of the fp32 sums.
+ *   tritium_amx_block_linear: q4 weights (4-bit codes, fp16 d and m per block of 32) or q8
+ *       weights (8-bit codes, fp16 d per block) against inputs quantized to 8 bits per
+ *       block as the one-row path does (tritium_quantize_row_q8, each thread a share of
+ *       the rows). TDPBUSD (q4: u8 x s8) or TDPBSSD (q8: s8 x s8) multiplies the codes as
+ *       bytes, one block of 32 at a time, and each block's integer dot product is scaled as
+ *       the one-row path does: d_w * d_x * (q_w . q_x) (+ m_w * s_x for q4). The integers
+ *       are exact, so a row's result is the one-row kernel's up to the order of the fp32
+ *       sums.
  *   tritium_amx_linear: int8 (per-row scale) and bf16 weights, inputs fp32. Weights of
  *       both are exact in bf16; each fp32 input is split into three bf16 parts whose sum is
  *       exactly that input (8 + 8 + 8 significant bits), so TDPBF16PS (bf16 products, exact,
@@ -133,15 +135,16 @@ static void store_tile(__m512* r, int64_t m0, int64_t M, int64_t n0, int nr,
   }
 }
 
-/* -- q4 x q8 ---------------------------------------------------------------------------- */
+/* -- q4 and q8 blocks x q8 inputs -------------------------------------------------------- */
 
 #define QB 32
 #define Q4_GROUP 16 /* blocks whose dots are stored before they are scaled */
 
-int tritium_amx_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* codes,
-                          const uint16_t* dm, const float* bias, int64_t N, float* out,
-                          int nthreads) {
+int tritium_amx_block_linear(int q8, const float* x, int64_t M, int64_t K, const void* codes,
+                             const uint16_t* dm, const float* bias, int64_t N, float* out,
+                             int nthreads) {
   const int64_t nb = K / QB, mt_count = (M + T - 1) / T;
+  const int64_t row_bytes = q8 ? K : K / 2, row_scales = q8 ? nb : 2 * nb;
   /* Inputs as B tiles, one per (input tile, block): 8 rows of 16 columns x 4 bytes, zero
    * past M; and their scales d_x and sums s_x as 16-wide vectors. */
   int8_t* xv = (int8_t*)aligned_alloc(64, (size_t)(mt_count * nb) * 512);
@@ -215,14 +218,25 @@ int tritium_amx_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* c
             memset(row_dm, 0, sizeof(float) * (size_t)nb * 2);
             continue;
           }
-          const uint8_t* src = codes + (n0 + j) * (K / 2);
+          const uint8_t* src = (const uint8_t*)codes + (n0 + j) * row_bytes;
           for (int64_t b = 0; b < nb; ++b) {
             /* The next tile's codes, as the hardware prefetcher alone leaves the VM's memory
              * bandwidth half used. A prefetch past the end is dropped, never a fault. */
+            if (q8) {
+              if ((b & 1) == 0) _mm_prefetch((const char*)(src + QB * b + T * K), _MM_HINT_T1);
+              _mm256_store_si256((__m256i*)(wbuf + (b * T + j) * QB),
+                                 _mm256_loadu_si256((const __m256i*)(src + QB * b)));
+              continue;
+            }
             if ((b & 3) == 0) _mm_prefetch((const char*)(src + 16 * b + T * (K / 2)), _MM_HINT_T1);
             _mm256_store_si256((__m256i*)(wbuf + (b * T + j) * QB), q4_bytes(src + 16 * b));
           }
-          const uint16_t* s = dm + (n0 + j) * nb * 2;
+          /* (d, m) pairs for q4; q8's scales d alone, laid out the same with m = 0 */
+          const uint16_t* s = dm + (n0 + j) * row_scales;
+          if (q8) {
+            for (int64_t b = 0; b < nb; ++b) row_dm[2 * b] = _cvtsh_ss(s[b]), row_dm[2 * b + 1] = 0.0f;
+            continue;
+          }
           int64_t e = 0;
           for (; e + 16 <= nb * 2; e += 16)
             _mm512_storeu_ps(row_dm + e, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(s + e))));
@@ -237,7 +251,10 @@ int tritium_amx_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* c
     _tile_zero(c);                                                 \
     _tile_loadd(at, wbuf + (b) * T * QB, QB);                      \
     _tile_loadd(bt, xv + (mt * nb + (b)) * 512, 64);               \
-    _tile_dpbusd(c, at, bt);                                       \
+    if (q8)                                                        \
+      _tile_dpbssd(c, at, bt);                                     \
+    else                                                           \
+      _tile_dpbusd(c, at, bt);                                     \
     _tile_stored(c, cbuf + ((b) - g0) * T * T, 64);                \
   } while (0)
           __m512 a[T];
@@ -254,6 +271,15 @@ int tritium_amx_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* c
               const int32_t* dots = cbuf + (b - g0) * T * T;
               const __m512 dx = _mm512_load_ps(xdv + (mt * nb + b) * T);
               const __m512 sx = _mm512_load_ps(xsv + (mt * nb + b) * T);
+              if (q8) { /* no minimum: d_w * d_x * dot */
+#pragma GCC unroll 16
+                for (int j = 0; j < T; ++j) {
+                  const __m512 dot = _mm512_cvtepi32_ps(_mm512_load_si512(dots + j * T));
+                  const float dw = wdm[(j * nb + b) * 2];
+                  a[j] = _mm512_fmadd_ps(dot, _mm512_mul_ps(_mm512_set1_ps(dw), dx), a[j]);
+                }
+                continue;
+              }
 #pragma GCC unroll 16
               for (int j = 0; j < T; ++j) {
                 const float* dmj = wdm + (j * nb + b) * 2;
@@ -539,10 +565,10 @@ int tritium_set_amx(int enable) {
 
 int tritium_amx_enabled(void) { return 0; }
 
-int tritium_amx_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* codes,
-                          const uint16_t* dm, const float* bias, int64_t N, float* out,
-                          int nthreads) {
-  (void)x, (void)M, (void)K, (void)codes, (void)dm, (void)bias, (void)N, (void)out,
+int tritium_amx_block_linear(int q8, const float* x, int64_t M, int64_t K, const void* codes,
+                             const uint16_t* dm, const float* bias, int64_t N, float* out,
+                             int nthreads) {
+  (void)q8, (void)x, (void)M, (void)K, (void)codes, (void)dm, (void)bias, (void)N, (void)out,
       (void)nthreads;
   return -1;
 }

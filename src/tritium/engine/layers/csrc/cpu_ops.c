@@ -455,7 +455,8 @@ void tritium_decode_attention(const float* q, int64_t q_row_stride, int64_t B, i
 /* -- one whole decoder layer for a batch of decodes ------------------------------------ */
 
 /* A compact linear layer: kind 1 = int8 (codes int8, scales fp32 per row), 2 = q4, 3 = bf16
- * and 4 = fp16 (codes the 16-bit weights, no scales). */
+ * and 4 = fp16 (codes the 16-bit weights, no scales), 5 = q8 (codes int8, fp16 scales per
+ * block of 32). */
 typedef struct {
   int64_t kind, in_features, out_features;
   const void* codes;
@@ -485,6 +486,9 @@ static int run_linear(const TritiumLinear* l, const float* x, int64_t M, float* 
                                l->bias, N, out, threads);
     case 3:
       return tritium_bf16_linear(x, M, K, (const uint16_t*)l->codes, l->bias, N, out, threads);
+    case 5:
+      return tritium_q8_linear(x, M, K, (const int8_t*)l->codes, (const uint16_t*)l->scales,
+                               l->bias, N, out, threads);
     default:
       return tritium_fp16_linear(x, M, K, (const uint16_t*)l->codes, l->bias, N, out, threads);
   }

@@ -7,6 +7,9 @@
  *                        block (w = d * q + m: llama.cpp's Q4_1 layout, so a Q4_1 GGUF's
  *                        weights are kept exactly); half the bytes of int8. Its input rows
  *                        are quantized to 8 bits per block of 32, as llama.cpp does.
+ *   tritium_q8_linear:   8-bit codes in blocks of 32 with an fp16 scale d per block (w = d * q:
+ *                        llama.cpp's Q8_0 layout, so a Q8_0 GGUF's weights are kept
+ *                        exactly), inputs quantized as for q4: llama.cpp's Q8_0 x Q8_0.
  *
  * out[M, N] = x[M, K] @ W^T + bias. Decode steps multiply a few rows by every weight of the
  * model, so they are bound by reading weights from memory.
@@ -399,7 +402,53 @@ static void q4_widen_row(const uint8_t* row, const uint16_t* rdm, int64_t K, flo
   }
 }
 
+/* q8 weights (signed) against q8 inputs: |w| times x with w's sign (maddubs takes unsigned
+ * times signed), as llama.cpp does; |w| <= 128, so the pairs fit int16. */
+static float q8q8_row(const int8_t* row, const uint16_t* rd, int64_t nb, const int8_t* xq,
+                      const float* xd) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (int64_t b = 0; b < nb; ++b) {
+    _mm_prefetch((const char*)(row + QB * b + PREFETCH_BYTES), _MM_HINT_T0);
+    const __m256i w = _mm256_loadu_si256((const __m256i*)(row + QB * b));
+    const __m256i x = _mm256_loadu_si256((const __m256i*)(xq + QB * b));
+    const __m256i prod = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+    const __m256i dot = _mm256_madd_epi16(prod, ones);
+    acc[b & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(_cvtsh_ss(rd[b]) * xd[b]),
+                                 acc[b & 1]);
+  }
+  return hsum(_mm256_add_ps(acc[0], acc[1]));
+}
+
+static void q8_widen_row(const int8_t* row, const uint16_t* rd, int64_t K, float* wf) {
+  for (int64_t b = 0; b < K / QB; ++b) {
+    const __m256 d = _mm256_set1_ps(_cvtsh_ss(rd[b]));
+    for (int i = 0; i < 4; ++i) {
+      const __m128i q = _mm_loadl_epi64((const __m128i*)(row + b * QB + 8 * i));
+      _mm256_store_ps(wf + b * QB + 8 * i, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q))));
+    }
+  }
+}
+
 #else /* portable */
+
+static float q8q8_row(const int8_t* row, const uint16_t* rd, int64_t nb, const int8_t* xq,
+                      const float* xd) {
+  float acc = 0.0f;
+  for (int64_t b = 0; b < nb; ++b) {
+    int dot = 0;
+    for (int i = 0; i < QB; ++i) dot += row[QB * b + i] * xq[QB * b + i];
+    acc += (float)dot * (fp16_to_fp32(rd[b]) * xd[b]);
+  }
+  return acc;
+}
+
+static void q8_widen_row(const int8_t* row, const uint16_t* rd, int64_t K, float* wf) {
+  for (int64_t b = 0; b < K / QB; ++b) {
+    const float d = fp16_to_fp32(rd[b]);
+    for (int i = 0; i < QB; ++i) wf[b * QB + i] = d * (float)row[b * QB + i];
+  }
+}
 
 static float q4q8_row(const uint8_t* row, const uint16_t* rdm, int64_t nb, const int8_t* xq,
                       const float* xd, const float* xs) {
@@ -425,18 +474,20 @@ static void q4_widen_row(const uint8_t* row, const uint16_t* rdm, int64_t K, flo
 
 #endif
 
-/* Returns 0, or -1 when a scratch buffer cannot be allocated. K is a multiple of 32.
- * One input row runs the integer dot products. Several rows take the same quantized inputs
- * back to fp32 (d_x * q_x) and multiply them by the weight tile widened once to fp32
- * in L1, as the int8 path does: the same products, rounded in a different order, at a
- * quarter of the instructions per multiply-add once a tile serves a few rows. */
-int tritium_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* codes,
-                      const uint16_t* dm, const float* bias, int64_t N, float* out,
-                      int nthreads) {
+/* The block formats (q4, q8) for every row count. Returns 0, or -1 when a scratch buffer
+ * cannot be allocated. K is a multiple of 32. One input row runs the integer dot products.
+ * Several rows take the same quantized inputs back to fp32 (d_x * q_x) and multiply them by
+ * the weight tile widened once to fp32 in L1, as the int8 path does: the same products,
+ * rounded in a different order, at a quarter of the instructions per multiply-add once a
+ * tile serves a few rows. q8: codes int8 [N, K], scales [N, K / 32]; q4: codes [N, K / 2],
+ * (d, m) pairs [N, K / 32, 2]. */
+static int block_linear(int q8, const float* x, int64_t M, int64_t K, const void* codes,
+                        const uint16_t* dm, const float* bias, int64_t N, float* out,
+                        int nthreads) {
   static const float ones[NR] = {1.0f, 1.0f, 1.0f, 1.0f};
-  const int64_t nb = K / QB;
+  const int64_t nb = K / QB, row_bytes = q8 ? K : K / 2, row_scales = q8 ? nb : 2 * nb;
   if (M > 1 && tritium_amx_enabled())
-    return tritium_amx_q4_linear(x, M, K, codes, dm, bias, N, out, nthreads);
+    return tritium_amx_block_linear(q8, x, M, K, codes, dm, bias, N, out, nthreads);
   int8_t* xq = (int8_t*)malloc((size_t)(M * K) + 64);
   float* xd = (float*)malloc(sizeof(float) * (size_t)(M * nb + 1));
   float* xs = (float*)malloc(sizeof(float) * (size_t)(M * nb + 1));
@@ -466,20 +517,25 @@ int tritium_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* codes
 #endif
     for (int64_t n0 = 0; n0 < N; n0 += NR) {
       const int nr = N - n0 < NR ? (int)(N - n0) : NR;
-      const uint8_t* c = codes + n0 * (K / 2);
-      const uint16_t* d = dm + n0 * nb * 2;
+      const uint8_t* c = (const uint8_t*)codes + n0 * row_bytes;
+      const uint16_t* d = dm + n0 * row_scales;
       if (M == 1) {
-        for (int j = 0; j < nr; ++j)
-          out[n0 + j] = q4q8_row(c + j * (K / 2), d + j * nb * 2, nb, xq, xd, xs) +
-                        (bias ? bias[n0 + j] : 0.0f);
+        for (int j = 0; j < nr; ++j) {
+          const float dot =
+              q8 ? q8q8_row((const int8_t*)c + j * row_bytes, d + j * row_scales, nb, xq, xd)
+                 : q4q8_row(c + j * row_bytes, d + j * row_scales, nb, xq, xd, xs);
+          out[n0 + j] = dot + (bias ? bias[n0 + j] : 0.0f);
+        }
         continue;
       }
       if (!wf) continue;
       for (int j = 0; j < NR; ++j) {
-        if (j < nr) {
-          q4_widen_row(c + j * (K / 2), d + j * nb * 2, K, wf + j * K);
-        } else {
+        if (j >= nr) {
           for (int64_t k = 0; k < K; ++k) wf[j * K + k] = 0.0f;
+        } else if (q8) {
+          q8_widen_row((const int8_t*)c + j * row_bytes, d + j * row_scales, K, wf + j * K);
+        } else {
+          q4_widen_row(c + j * row_bytes, d + j * row_scales, K, wf + j * K);
         }
       }
       tile_rows(xf, M, K, wf, nr, ones, bias ? bias + n0 : 0, N, out + n0);
@@ -488,4 +544,16 @@ int tritium_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* codes
   }
   free(xq), free(xd), free(xs), free(xf);
   return failed ? -1 : 0;
+}
+
+int tritium_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* codes,
+                      const uint16_t* dm, const float* bias, int64_t N, float* out,
+                      int nthreads) {
+  return block_linear(0, x, M, K, codes, dm, bias, N, out, nthreads);
+}
+
+int tritium_q8_linear(const float* x, int64_t M, int64_t K, const int8_t* codes,
+                      const uint16_t* d, const float* bias, int64_t N, float* out,
+                      int nthreads) {
+  return block_linear(1, x, M, K, codes, d, bias, N, out, nthreads);
 }

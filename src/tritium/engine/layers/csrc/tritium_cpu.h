@@ -79,6 +79,9 @@ int tritium_int8_linear(const float* x, int64_t M, int64_t K, const int8_t* w,
 int tritium_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* codes,
                       const uint16_t* dm, const float* bias, int64_t N, float* out,
                       int nthreads);
+int tritium_q8_linear(const float* x, int64_t M, int64_t K, const int8_t* codes,
+                      const uint16_t* d, const float* bias, int64_t N, float* out,
+                      int nthreads);
 int tritium_bf16_linear(const float* x, int64_t M, int64_t K, const uint16_t* w,
                         const float* bias, int64_t N, float* out, int nthreads);
 int tritium_fp16_linear(const float* x, int64_t M, int64_t K, const uint16_t* w,
@@ -88,9 +91,10 @@ int tritium_fp16_linear(const float* x, int64_t M, int64_t K, const uint16_t* w,
  * here. kind_int8: int8 weights with per-row scales, else bf16 weights (scale NULL). */
 int tritium_amx_enabled(void);
 int tritium_set_amx(int enable);
-int tritium_amx_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* codes,
-                          const uint16_t* dm, const float* bias, int64_t N, float* out,
-                          int nthreads);
+/* q8: 0 for q4 codes with (d, m) pairs, 1 for q8 codes with one scale per block. */
+int tritium_amx_block_linear(int q8, const float* x, int64_t M, int64_t K, const void* codes,
+                             const uint16_t* dm, const float* bias, int64_t N, float* out,
+                             int nthreads);
 /* One input row to 8 bits per block of 32 (scales d, sums s = d * sum(q)), and back to fp32
  * into xf when given: the q4 kernels' inputs (quant_linear.c). */
 void tritium_quantize_row_q8(const float* x, int64_t K, int8_t* q, float* d, float* s, float* xf);
