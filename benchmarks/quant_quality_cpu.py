@@ -3,9 +3,12 @@ of SmolLM2-135M (the default Q4_1 GGUF) on a fixed text, for each format's arith
 
 The formats are applied to transformers' own model, so only the arithmetic differs:
   file      the GGUF's weights dequantized to fp32, fp32 inputs (the reference)
-  q4        the same 4-bit weights, each linear layer's inputs rounded to 8 bits per block
-            of 32 (quant_kernel.quantize_activations_q8: what our q4 kernel computes)
-  int8      the weights re-rounded to int8 with a scale per row, fp32 inputs
+  q4/q8     the file's own blocks (4-bit layers, the Q8_0 lm_head), each linear layer's
+            inputs rounded to 8 bits per block of 32 (quant_kernel.quantize_activations_q8:
+            what the q4 and q8 kernels compute): the default
+  q4+int8   the default before q8: the lm_head's weights re-rounded to int8 with a scale
+            per row, its inputs fp32
+  int8      every weight re-rounded to int8 with a scale per row, fp32 inputs
 
     python benchmarks/quant_quality_cpu.py [--tokens 1500]
 """
@@ -44,22 +47,27 @@ def main() -> None:
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, {ids.shape[1]} tokens of {[p.name for p in TEXTS]}")
     results = {"file": mean_nll(model, ids)}
-    hooks = [
-        m.register_forward_pre_hook(lambda _, a: (quant_kernel.quantize_activations_q8(a[0]),))
+    hooks = {
+        m: m.register_forward_pre_hook(lambda _, a: (quant_kernel.quantize_activations_q8(a[0]),))
         for m in linears
-    ]
-    results["q4"] = mean_nll(model, ids)
-    for h in hooks:
-        h.remove()
-    for m in linears:
+    }
+    results["q4/q8"] = mean_nll(model, ids)
+
+    def to_int8(m: torch.nn.Linear) -> None:
+        hooks.pop(m).remove()
         q, scale = quant_kernel.quantize_weight_int8(m.weight)
         m.weight = torch.nn.Parameter(q.float() * scale[:, None])
+
+    to_int8(model.lm_head)
+    results["q4+int8"] = mean_nll(model, ids)
+    for m in list(hooks):
+        to_int8(m)
     results["int8"] = mean_nll(model, ids)
     base = results["file"]
-    print(f"{'format':<8}{'log-loss':>10}{'perplexity':>12}{'vs file':>10}")
+    print(f"{'format':<9}{'log-loss':>10}{'perplexity':>12}{'vs file':>10}")
     for name, nll in results.items():
         rel = (nll - base) / base * 100
-        print(f"{name:<8}{nll:>10.4f}{torch.tensor(nll).exp().item():>12.3f}{rel:>+9.2f}%")
+        print(f"{name:<9}{nll:>10.4f}{torch.tensor(nll).exp().item():>12.3f}{rel:>+9.2f}%")
 
 
 if __name__ == "__main__":
