@@ -170,18 +170,20 @@ def test_layers_take_their_sources_format_and_fall_back_by_width() -> None:
     class Tiny(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.a, self.b, self.c, self.d = (
-                random_linear(64, 8), random_linear(64, 8), random_linear(40, 8), random_linear(64, 8)
+            self.a, self.b, self.c, self.d, self.e = (
+                random_linear(64, 8), random_linear(64, 8), random_linear(40, 8), random_linear(64, 8),
+                random_linear(40, 8),
             )  # fmt: skip
 
     model = Tiny()
     counts = quantize_linears(
-        model, {"a.weight": "q4", "b.weight": "int8", "c.weight": "q4"}
-    )  # d has a float source: it stays float; c is 40 wide: q4 cannot tile it, int8 can
-    assert (model.a.quant, model.b.quant, model.c.quant, model.d.quant) == (
-        "q4", "int8", "int8", None
+        model, {"a.weight": "q4", "b.weight": "int8", "c.weight": "q4", "e.weight": "q8"}
+    )  # d has a float source: it stays float; c and e are 40 wide: blocks of 32 cannot
+    # tile them, int8 can
+    assert (model.a.quant, model.b.quant, model.c.quant, model.d.quant, model.e.quant) == (
+        "q4", "int8", "int8", None, "int8"
     )  # fmt: skip
-    assert counts == {"q4": 1, "int8": 2}
+    assert counts == {"q4": 1, "int8": 3}
 
     class Packed(torch.nn.Module):  # layers fed by two checkpoint tensors each
         def __init__(self) -> None:

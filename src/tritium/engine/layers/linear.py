@@ -145,7 +145,7 @@ def weight_formats(model: nn.Module, formats: str | Mapping[str, str]) -> dict[s
     layer fed by several checkpoint tensors (packed q/k/v, gate/up) takes their format
     when they agree, int8 when int8 and the block formats (q4, q8) mix, and stays float otherwise
     (one source without a format, or 16-bit floats that differ). A layer whose width the
-    format cannot tile falls back to float (q4: to int8 first).
+    format cannot tile falls back to float (q4 and q8: to int8 first).
     """
     plan = {}
     for name, layer in model.named_modules():
@@ -155,7 +155,7 @@ def weight_formats(model: nn.Module, formats: str | Mapping[str, str]) -> dict[s
             fmt: str | None = formats
         else:
             fmt = _shared_format({formats.get(n) for n in _sources(model, name)})
-        if fmt == "q4" and layer.in_features % QUANT_METHODS["q4"]:
+        if fmt in BLOCK_FORMATS and layer.in_features % QUANT_METHODS[fmt]:
             fmt = "int8"
         if fmt is not None and layer.in_features % QUANT_METHODS[fmt]:
             fmt = None
