@@ -51,6 +51,25 @@ def test_a_new_build_removes_builds_unused_for_a_day(tmp_path, monkeypatch) -> N
     assert time.time() - built.stat().st_mtime < 3600
 
 
+def test_the_amx_flag_set_builds_where_the_cpu_has_amx(tmp_path, monkeypatch) -> None:
+    """A compile error in the AMX kernels would not fail the library: the next flag set
+    builds, and every AMX test skips. Where the CPU and the compiler have AMX, the first
+    flag set must build."""
+    import subprocess
+
+    candidates = native._compile_flags()
+    if len(candidates) < 2:
+        pytest.skip("this CPU has no AMX")
+    empty = tmp_path / "empty.c"
+    empty.write_text("int tritium_probe;\n")
+    probe = subprocess.run(["cc", *candidates[0], str(empty), "-o", str(tmp_path / "p.so")])
+    if probe.returncode != 0:
+        pytest.skip("this compiler has no AMX")
+    monkeypatch.setenv("TRITIUM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "_compile_flags", lambda: candidates[:1])
+    native._build()  # KernelUnavailable, with the compiler's message, when it fails
+
+
 def test_the_vector_build_is_what_this_machine_runs() -> None:
     """Guards the comparison: on an AVX2 machine the default build is the vector one."""
     if platform.machine() in ("x86_64", "AMD64") and {"avx2", "fma", "f16c"} <= native._cpu_flags():
