@@ -125,7 +125,7 @@ def test_q4_keeps_q4_1_weights_exactly_and_rounds_others_within_half_a_step() ->
     assert bool(((quant_kernel.dequantize_q4(codes, dm) - other).abs() <= step / 2 + 3e-3).all())
 
 
-@pytest.mark.parametrize("grid", ["q4_0", "q4_k_like"])
+@pytest.mark.parametrize("grid", ["q4_0", "q4_k_like", "q4_k_mostly_15_steps"])
 def test_q4_keeps_the_codes_of_blocks_on_a_coarser_4_bit_grid(grid: str) -> None:
     """Q4_0 blocks (scale from the largest magnitude, codes rarely reaching both 0 and 15)
     and Q4_K-like ones (any step and minimum, codes inside 0..15) keep every code: only the
@@ -144,6 +144,11 @@ def test_q4_keeps_the_codes_of_blocks_on_a_coarser_4_bit_grid(grid: str) -> None
         low = -torch.rand(64, 8) * 0.1
         q = torch.randint(2, 14, (64, 8, 32)).float()
         q[..., 0], q[..., 1] = q[..., 0].clamp(max=4), q[..., 1].clamp(min=11)
+        if grid == "q4_k_mostly_15_steps":
+            # As llama.cpp's Q4_K files are: nearly every block spans codes 0 to 15, and
+            # the rare one that does not is nowhere near the first rows.
+            q[..., 0], q[..., 1] = 0.0, 15.0
+            q[50, 3, 1] = 13.0
         w = (q * step[..., None] + low[..., None]).reshape(64, 256)
     codes, dm = quant_kernel.quantize_weight_q4(w)
     err = (quant_kernel.dequantize_q4(codes, dm) - w).abs().reshape(64, 8, 32)

@@ -85,10 +85,14 @@ def _q4_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     n, k = weight.shape
     w = weight.detach().float().reshape(n, k // Q4_BLOCK, Q4_BLOCK)
     lo, hi = w.amin(dim=-1), w.amax(dim=-1)
-    # Whether a weight came off a coarser 4-bit grid shows in any few rows: only then is
-    # the search over every block worth its time (it triples the cost of quantizing).
+    # Whether a weight came off a 4-bit grid shows in any few rows (blocks of 15 steps
+    # included: most of a Q4_K file's are, and its few of 14 or fewer need the search
+    # too): only then is the search over the blocks worth its time.
     head = slice(0, _GRID_PROBE_ROWS)
-    if (_grid_steps(w[head], lo[head], hi[head]) < 15).any():
+    if (
+        _on_15_steps(w[head], lo[head], hi[head]).any()
+        or (_grid_steps(w[head], lo[head], hi[head]) < 15).any()
+    ):
         d = ((hi - lo) / _grid_steps(w, lo, hi)).half()
     else:
         d = ((hi - lo) / 15.0).half()
@@ -107,12 +111,12 @@ def _grid_steps(w: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Te
     and Q4_K sub-blocks (a 6-bit scale and min each) dequantize; spanning them in 15 steps
     would round every code again (up to d / 2 off), their own step keeps each code."""
     steps = torch.full_like(lo, 15.0)
-    todo = torch.ones_like(lo, dtype=torch.bool)
+    todo = ~_on_15_steps(w, lo, hi)  # those need no search (all of a Q4_1 file's)
     # Candidate grid steps, each tried on the blocks the ones before did not fit: Q4_0's,
     # whose largest magnitude is code 0 of step d (the value -8d); then the gap from either
     # extreme to its nearest value (Q4_K and other grids, when a neighbour code of an
-    # extreme is there, as it nearly always is among 32 values).
-    for candidate in (_q4_0_step, _neighbour_step):
+    # extreme is there, as it nearly always is among 32 values); then the smallest gap.
+    for candidate in (_q4_0_step, _neighbour_step, _smallest_gap):
         where = todo.nonzero(as_tuple=True)
         if where[0].numel() == 0:
             break
@@ -125,6 +129,22 @@ def _grid_steps(w: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Te
         steps[where] = torch.where(fits, n, steps[where])
         todo[where] = ~fits
     return steps
+
+
+def _on_15_steps(w: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Per block of `w` [..., 32], whether its values lie on the grid of 15 steps from its
+    minimum to its maximum (as a Q4_1 block's do, and most of a Q4_K file's)."""
+    span = hi - lo
+    codes = (w - lo[..., None]) * (15.0 / span)[..., None]
+    return (span > 0) & (codes.sub_(codes.round()).abs_().amax(dim=-1) < 1e-3)
+
+
+def _smallest_gap(blocks: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """The smallest gap between two of a block's values: one step wherever two neighbour
+    codes occur, when the extremes' neighbours are further (a few blocks of a Q4_K file)."""
+    tol = (high - low)[:, None] * 1e-4
+    gaps = blocks.sort(dim=-1).values.diff(dim=-1)
+    return torch.where(gaps > tol, gaps, torch.full_like(gaps, torch.inf)).amin(dim=-1)
 
 
 def _q4_0_step(blocks: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
