@@ -10,7 +10,12 @@ The formats are applied to transformers' own model, so only the arithmetic diffe
             per row, its inputs fp32
   int8      every weight re-rounded to int8 with a scale per row, fp32 inputs
 
-    python benchmarks/quant_quality_cpu.py [--tokens 1500]
+With --gguf FILE, another GGUF of the same model (its own weights the reference), and
+the choice for its wider types (Q5_*, Q6_K): the engine's default (int8 per row, fp32
+inputs) against q8 (8-bit blocks, 8-bit inputs); 4-bit and Q8_0 tensors run on their own
+blocks with 8-bit inputs in both.
+
+    python benchmarks/quant_quality_cpu.py [--tokens 1500] [--gguf FILE]
 """
 
 from __future__ import annotations
@@ -37,16 +42,23 @@ def mean_nll(model: torch.nn.Module, ids: torch.Tensor) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokens", type=int, default=1500)
+    ap.add_argument(
+        "--gguf", help="another GGUF file of SmolLM2: compare int8 and q8 for its wider types"
+    )
     args = ap.parse_args()
     from transformers import AutoModelForCausalLM
 
-    ckpt = load_checkpoint("smollm2", progress=False)
+    ckpt = load_checkpoint(args.gguf or "smollm2", dtype=torch.float32, progress=False)
     text = "\n".join(p.read_text() for p in TEXTS)
     ids = torch.tensor([ckpt.tokenizer.encode(text)[: args.tokens]])
     model = AutoModelForCausalLM.from_pretrained(ckpt.model_dir, dtype=torch.float32).eval()
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, {ids.shape[1]} tokens of {[p.name for p in TEXTS]}")
     results = {"file": mean_nll(model, ids)}
+    if args.gguf:
+        results.update(wider_types(model, Path(args.gguf), ids))
+        report(results)
+        return
     hooks = {
         m: m.register_forward_pre_hook(lambda _, a: (quant_kernel.quantize_activations_q8(a[0]),))
         for m in linears
@@ -63,6 +75,51 @@ def main() -> None:
     for m in list(hooks):
         to_int8(m)
     results["int8"] = mean_nll(model, ids)
+    report(results)
+
+
+def wider_types(model: torch.nn.Module, path: Path, ids: torch.Tensor) -> dict[str, float]:
+    """Log-loss with the engine's arithmetic for each quantized weight of the file: its own
+    blocks and 8-bit inputs for 4-bit and Q8_0 tensors; the wider ones as int8 per row with
+    fp32 inputs (the default), then as q8 blocks with 8-bit inputs."""
+    from tritium.engine.loader import gguf as gguf_loader
+
+    def module(name: str) -> torch.nn.Linear:
+        if name == "model.embed_tokens.weight":  # tied: the lm_head runs it
+            return model.lm_head
+        return model.get_submodule(name.removesuffix(".weight"))
+
+    formats = gguf_loader.quantized_weight_formats(path)
+    kinds = gguf_loader.tensor_types(path)
+    wider = [module(n) for n, f in formats.items() if f == "int8"]
+    print(
+        f"{len(formats) - len(wider)} tensors on their own blocks, {len(wider)} wider "
+        f"({sorted({k for k in kinds.values() if k.startswith(('Q5', 'Q6'))})})"
+    )
+    weights = {m: m.weight.detach().clone() for m in wider}
+
+    def round_inputs(m: torch.nn.Linear):
+        return m.register_forward_pre_hook(
+            lambda _, a: (quant_kernel.quantize_activations_q8(a[0]),)
+        )
+
+    for name, fmt in formats.items():
+        if fmt != "int8":
+            round_inputs(module(name))
+    for m in wider:
+        q, scale = quant_kernel.quantize_weight_int8(weights[m])
+        m.weight = torch.nn.Parameter(q.float() * scale[:, None])
+    results = {"default": mean_nll(model, ids)}
+    for m in wider:
+        m.weight = torch.nn.Parameter(
+            quant_kernel.dequantize_q8(*quant_kernel.quantize_weight_q8(weights[m]))
+        )
+        round_inputs(m)
+    results["wider q8"] = mean_nll(model, ids)
+    return results
+
+
+def report(results: dict[str, float]) -> None:
     base = results["file"]
     print(f"{'format':<9}{'log-loss':>10}{'perplexity':>12}{'vs file':>10}")
     for name, nll in results.items():
