@@ -545,6 +545,46 @@ def test_conversions_nothing_can_hit_are_removed_at_the_next_conversion(
     assert again != folders["changed"] and again.exists()
 
 
+#: A Q4_K_M file written by llama.cpp's own quantizer (llama-cpp-python 0.3.36,
+#: llama_model_quantize with LLAMA_FTYPE_MOSTLY_Q4_K_M) from a one-layer random Llama
+#: (hidden 256, intermediate 512, 4 heads, 2 KV heads, the 300-token vocabulary above)
+#: written in F32 by `write_gguf`: Q4_K for token_embd, q/k/o, gate and up, Q6_K for v,
+#: down and output. gguf cannot write K-quants; this is the real thing.
+LLAMA_CPP_Q4_K_M = Path(__file__).parent / "data" / "tiny-llama-q4_k_m.gguf"
+
+
+def test_a_q4_k_file_from_llama_cpp_keeps_its_codes_and_runs(cache_dir):
+    """Each Q4_K tensor goes to q4 with every code kept: only the fp16 rounding of each
+    block's step and minimum is left. (Nearly all Q4_K blocks span codes 0 to 15; the grid
+    search once skipped such files and rounded their rare shorter blocks again.) The Q6_K
+    ones run as int8, and the engine generates from the file."""
+    from tritium.engine import LLM, SamplingParams
+    from tritium.engine.layers import quant_kernel
+
+    reader = gguf.GGUFReader(LLAMA_CPP_Q4_K_M)
+    kinds = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert sorted(k for k in kinds.values() if k != "F32") == ["Q4_K"] * 6 + ["Q6_K"] * 3
+    for tensor in reader.tensors:
+        if tensor.tensor_type.name != "Q4_K":
+            continue
+        w = gguf_loader.dequantize(tensor).float()
+        w = w.reshape(-1, w.shape[-1])
+        codes, dm = quant_kernel.quantize_weight_q4(w)
+        err = (quant_kernel.dequantize_q4(codes, dm) - w).abs().reshape(-1, 32).amax(-1)
+        blocks = w.reshape(-1, 32)
+        step = dm[..., 0].float().reshape(-1)
+        bound = blocks.abs().amax(-1) * 2**-10 + step.abs() * 15 * 2**-10 + 1e-7
+        assert bool((err <= bound).all()), tensor.name
+    formats = gguf_loader.quantized_weight_formats(LLAMA_CPP_Q4_K_M)
+    assert formats["model.layers.0.mlp.gate_proj.weight"] == "q4"
+    assert formats["model.layers.0.mlp.down_proj.weight"] == "int8"
+    llm = LLM(str(LLAMA_CPP_Q4_K_M), kv_cache_memory_bytes=8 << 20)
+    out = llm.generate(
+        ["hello world"], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    )
+    assert len(out[0].outputs[0].token_ids) == 8
+
+
 def test_gguf_errors(tmp_path):
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"not a gguf file at all")
