@@ -22,8 +22,8 @@
  *
  * A weight tile is 16 rows of the weight as stored (the A operand, row-major, so it needs no
  * transposition: the codes are only unpacked or widened); the inputs are the B operand,
- * interleaved once per call into the VNNI layout (4 bytes of K per column for int8, 2 for
- * bf16) and padded to 16 rows; a C tile is 16 weight rows x 16 input rows, transposed in
+ * interleaved once per call into the VNNI layout (4 bytes of K per column for the 8-bit
+ * inputs, 2 values for the bf16 parts) and padded to 16 columns; a C tile is 16 weight rows x 16 input rows, transposed in
  * registers on its way out. On the 2-core Sapphire Rapids VMs we measure on, the AVX2 tiles
  * these replace were bound by FMA issue at about 150 GFLOP/s; at 20 rows these are 1.3-3x
  * faster (benchmarks/matmul_cpu.py), q4 about as fast as oneDNN's bf16 on a quarter of
