@@ -93,8 +93,8 @@ class EngineArgs:
         if self.quantization not in (None, *CPU_WEIGHT_FORMATS, "none"):
             raise ValueError(
                 f"quantization={self.quantization!r} is not supported: leave it unset "
-                "(follow the checkpoint), or use 'q4', 'int8', 'bf16' or 'fp16' (CPU weight "
-                "formats) or 'none'"
+                "(follow the checkpoint), or use 'q4', 'q8', 'int8', 'bf16' or 'fp16' (CPU "
+                "weight formats) or 'none'"
             )
         if self.kv_cache_dtype not in ("auto", *KV_CACHE_DTYPES):
             raise ValueError(

@@ -1,6 +1,6 @@
 """Prepared weights: a model's weights in the form it runs them, cached for the next start.
 
-Putting a checkpoint in a compact CPU format (q4, int8) means reading every weight at full
+Putting a checkpoint in a compact CPU format (q4, q8, int8) means reading every weight at full
 precision and quantizing it: seconds for SmolLM2, minutes for an 8B model, on every start.
 The first start writes the result (the packed q/k/v and gate/up, the codes and scales) to
 ``<cache>/prepared/<key>/``; later starts memory-map it, as llama.cpp maps a GGUF file: no
