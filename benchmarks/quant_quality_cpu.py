@@ -33,6 +33,11 @@ ROOT = Path(__file__).resolve().parents[1]
 TEXTS = (ROOT.parent / "shared" / "data" / "prompts.txt", ROOT / "README.md")
 
 
+def round_inputs(m: torch.nn.Module) -> torch.utils.hooks.RemovableHandle:
+    """Round `m`'s inputs to 8 bits per block of 32, as the q4 and q8 kernels do."""
+    return m.register_forward_pre_hook(lambda _, a: (quant_kernel.quantize_activations_q8(a[0]),))
+
+
 def mean_nll(model: torch.nn.Module, ids: torch.Tensor) -> float:
     with torch.inference_mode():
         logits = model(input_ids=ids).logits[0, :-1]
@@ -59,10 +64,7 @@ def main() -> None:
         results.update(wider_types(model, Path(args.gguf), ids))
         report(results)
         return
-    hooks = {
-        m: m.register_forward_pre_hook(lambda _, a: (quant_kernel.quantize_activations_q8(a[0]),))
-        for m in linears
-    }
+    hooks = {m: round_inputs(m) for m in linears}
     results["q4/q8"] = mean_nll(model, ids)
 
     def to_int8(m: torch.nn.Linear) -> None:
@@ -97,11 +99,6 @@ def wider_types(model: torch.nn.Module, path: Path, ids: torch.Tensor) -> dict[s
         f"({sorted({k for k in kinds.values() if k.startswith(('Q5', 'Q6'))})})"
     )
     weights = {m: m.weight.detach().clone() for m in wider}
-
-    def round_inputs(m: torch.nn.Linear):
-        return m.register_forward_pre_hook(
-            lambda _, a: (quant_kernel.quantize_activations_q8(a[0]),)
-        )
 
     for name, fmt in formats.items():
         if fmt != "int8":

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tritium.engine import LLM
+from tritium.engine.layers import quant_kernel
 from tritium.engine.layers.linear import Linear
 from tritium.engine.layers.paged_attention_triton import HAS_TRITON
 
@@ -88,3 +89,15 @@ def random_linear(in_features: int, out_features: int, bias: bool = True) -> Lin
     layer = Linear(in_features, out_features, bias=bias)
     torch.nn.Linear.reset_parameters(layer)
     return layer
+
+
+def q4_block_errors(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per block of 32 of w [N, K] ([N, K / 32] each): the largest error w takes through the
+    q4 format, and what the fp16 rounding of the block's d and m alone allows (|m| * 2^-11
+    and d's times up to 15 codes, with a factor 2 of margin). Within it, every code of a
+    block already on a 4-bit grid came back."""
+    codes, dm = quant_kernel.quantize_weight_q4(w)
+    blocks = w.reshape(w.shape[0], -1, 32)
+    err = (quant_kernel.dequantize_q4(codes, dm) - w).abs().reshape(blocks.shape).amax(-1)
+    bound = blocks.abs().amax(-1) * 2**-10 + dm[..., 0].float().abs() * 15 * 2**-10 + 1e-7
+    return err, bound

@@ -558,8 +558,9 @@ def test_a_q4_k_file_from_llama_cpp_keeps_its_codes_and_runs(cache_dir):
     block's step and minimum is left. (Nearly all Q4_K blocks span codes 0 to 15; the grid
     search once skipped such files and rounded their rare shorter blocks again.) The Q6_K
     ones run as int8, and the engine generates from the file."""
+    from engine_testing import q4_block_errors
+
     from tritium.engine import LLM, SamplingParams
-    from tritium.engine.layers import quant_kernel
 
     reader = gguf.GGUFReader(LLAMA_CPP_Q4_K_M)
     kinds = {t.name: t.tensor_type.name for t in reader.tensors}
@@ -568,12 +569,7 @@ def test_a_q4_k_file_from_llama_cpp_keeps_its_codes_and_runs(cache_dir):
         if tensor.tensor_type.name != "Q4_K":
             continue
         w = gguf_loader.dequantize(tensor).float()
-        w = w.reshape(-1, w.shape[-1])
-        codes, dm = quant_kernel.quantize_weight_q4(w)
-        err = (quant_kernel.dequantize_q4(codes, dm) - w).abs().reshape(-1, 32).amax(-1)
-        blocks = w.reshape(-1, 32)
-        step = dm[..., 0].float().reshape(-1)
-        bound = blocks.abs().amax(-1) * 2**-10 + step.abs() * 15 * 2**-10 + 1e-7
+        err, bound = q4_block_errors(w.reshape(-1, w.shape[-1]))
         assert bool((err <= bound).all()), tensor.name
     formats = gguf_loader.quantized_weight_formats(LLAMA_CPP_Q4_K_M)
     assert formats["model.layers.0.mlp.gate_proj.weight"] == "q4"

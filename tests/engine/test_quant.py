@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from engine_testing import assert_pool_free, random_linear
+from engine_testing import assert_pool_free, q4_block_errors, random_linear
 from test_models import NEW_TOKENS, PROMPTS, hf_greedy
 
 from tritium.engine import LLM, EngineArgs, SamplingParams
@@ -150,14 +150,11 @@ def test_q4_keeps_the_codes_of_blocks_on_a_coarser_4_bit_grid(grid: str) -> None
             q[..., 0], q[..., 1] = 0.0, 15.0
             q[50, 3, 1] = 13.0
         w = (q * step[..., None] + low[..., None]).reshape(64, 256)
-    codes, dm = quant_kernel.quantize_weight_q4(w)
-    err = (quant_kernel.dequantize_q4(codes, dm) - w).abs().reshape(64, 8, 32)
+    err, bound = q4_block_errors(w)  # bound: the fp16 rounding of each block's d and m
     blocks = w.reshape(64, 8, 32)
     true_step = (blocks.amax(-1) - blocks.amin(-1)) / 15  # at least the grid's step / 15
-    # fp16 rounding of m (|m| * 2^-11) and of d, times at most 15 codes
-    bound = blocks.abs().amax(-1) * 2**-10 + dm[..., 0].float().abs() * 15 * 2**-10 + 1e-7
-    assert bool((err.amax(-1) <= bound).all())
-    assert bool((err.amax(-1) < true_step / 8).all())  # far inside the 15-step rounding
+    assert bool((err <= bound).all())
+    assert bool((err < true_step / 8).all())  # far inside the 15-step rounding
 
 
 def test_quantize_rejects_what_the_kernels_cannot_run() -> None:

@@ -89,11 +89,8 @@ def _q4_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # included: most of a Q4_K file's are, and its few of 14 or fewer need the search
     # too): only then is the search over the blocks worth its time.
     head = slice(0, _GRID_PROBE_ROWS)
-    if (
-        _on_15_steps(w[head], lo[head], hi[head]).any()
-        or (_grid_steps(w[head], lo[head], hi[head]) < 15).any()
-    ):
-        d = ((hi - lo) / _grid_steps(w, lo, hi)).half()
+    if _grid_steps(w[head], lo[head], hi[head])[1].any():
+        d = ((hi - lo) / _grid_steps(w, lo, hi)[0]).half()
     else:
         d = ((hi - lo) / 15.0).half()
     m = lo.half()
@@ -104,14 +101,18 @@ def _q4_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return codes.reshape(n, k // 2).contiguous(), torch.stack((d, m), dim=-1).contiguous()
 
 
-def _grid_steps(w: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+def _grid_steps(
+    w: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per block of `w` [..., 32], the number of steps d that span it: 15 in general,
     fewer for a block already on a 4-bit grid ``lo + d * c`` whose integer codes c do not
     reach both 0 and 15. That is how Q4_0 blocks (scale from the largest magnitude alone)
     and Q4_K sub-blocks (a 6-bit scale and min each) dequantize; spanning them in 15 steps
-    would round every code again (up to d / 2 off), their own step keeps each code."""
+    would round every code again (up to d / 2 off), their own step keeps each code. Also,
+    per block, whether it lies on such a grid (of 15 steps included)."""
     steps = torch.full_like(lo, 15.0)
-    todo = ~_on_15_steps(w, lo, hi)  # those need no search (all of a Q4_1 file's)
+    # Blocks on the 15-step grid need no search (all of a Q4_1 file's, most of a Q4_K's).
+    todo = ~_on_steps(w, lo, hi - lo, steps)
     # Candidate grid steps, each tried on the blocks the ones before did not fit: Q4_0's,
     # whose largest magnitude is code 0 of step d (the value -8d); then the gap from either
     # extreme to its nearest value (Q4_K and other grids, when a neighbour code of an
@@ -123,20 +124,20 @@ def _grid_steps(w: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Te
         blocks, low, high = w[where], lo[where], hi[where]
         span = high - low
         n = torch.round(span / candidate(blocks, low, high))
-        codes = (blocks - low[:, None]).mul_((n / span)[:, None])
-        off_grid = codes.sub_(codes.round()).abs_().amax(dim=-1)  # in place: big temporaries
-        fits = (n >= 1) & (n <= 15) & (off_grid < 1e-3)
+        fits = (n >= 1) & (n <= 15) & _on_steps(blocks, low, span, n)
         steps[where] = torch.where(fits, n, steps[where])
         todo[where] = ~fits
-    return steps
+    return steps, ~todo
 
 
-def _on_15_steps(w: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """Per block of `w` [..., 32], whether its values lie on the grid of 15 steps from its
-    minimum to its maximum (as a Q4_1 block's do, and most of a Q4_K file's)."""
-    span = hi - lo
-    codes = (w - lo[..., None]) * (15.0 / span)[..., None]
-    return (span > 0) & (codes.sub_(codes.round()).abs_().amax(dim=-1) < 1e-3)
+def _on_steps(
+    w: torch.Tensor, lo: torch.Tensor, span: torch.Tensor, n: torch.Tensor
+) -> torch.Tensor:
+    """Per block of `w` [..., 32], whether its values lie on the grid of `n` steps from its
+    minimum `lo` across its `span`."""
+    codes = (w - lo[..., None]).mul_((n / span)[..., None])
+    off_grid = codes.sub_(codes.round()).abs_().amax(dim=-1)  # in place: big temporaries
+    return (span > 0) & (off_grid < 1e-3)
 
 
 def _smallest_gap(blocks: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
