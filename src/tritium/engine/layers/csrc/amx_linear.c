@@ -362,9 +362,12 @@ static inline __m512i weights_bf16(const void* w, int kind_int8, int64_t k) {
  * group whose three parts sit side by side (column p * r + i: part p of row i): each tile
  * is transposed into cols_of ([column][weight row]), then each row's parts are added, the
  * small ones first, and scaled and biased as store_tile does. */
-static void store_parts(const float* acc, int64_t n, int64_t r, int64_t m0, int64_t n0,
-                        __mmask16 live, __m512 s, __m512 b, int has_scale, int has_bias,
-                        float* cols_of, int64_t N, float* out) {
+static void store_parts(const float* acc, int64_t n, int64_t r, int64_t m0, int64_t n0, int nr,
+                        const float* scale, const float* bias, float* cols_of, int64_t N,
+                        float* out) {
+  const __mmask16 live = nr == T ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
+  const __m512 s = scale ? _mm512_maskz_loadu_ps(live, scale + n0) : _mm512_set1_ps(1.0f);
+  const __m512 b = bias ? _mm512_maskz_loadu_ps(live, bias + n0) : _mm512_setzero_ps();
   for (int64_t t = 0; t < n; ++t) {
     __m512 c[T];
     for (int j = 0; j < T; ++j) c[j] = _mm512_load_ps(acc + (t * T + j) * T);
@@ -375,8 +378,8 @@ static void store_parts(const float* acc, int64_t n, int64_t r, int64_t m0, int6
     __m512 v = _mm512_add_ps(_mm512_load_ps(cols_of + i * T),
                              _mm512_add_ps(_mm512_load_ps(cols_of + (r + i) * T),
                                            _mm512_load_ps(cols_of + (2 * r + i) * T)));
-    if (has_scale) v = _mm512_mul_ps(v, s);
-    if (has_bias) v = _mm512_add_ps(v, b);
+    if (scale) v = _mm512_mul_ps(v, s);
+    if (bias) v = _mm512_add_ps(v, b);
     _mm512_mask_storeu_ps(out + (m0 + i) * N + n0, live, v);
   }
 }
@@ -514,9 +517,6 @@ int tritium_amx_linear(int kind_int8, const float* x, int64_t M, int64_t K, cons
             }
           }
         }
-        const __mmask16 live = nr == T ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
-        const __m512 s = scale ? _mm512_maskz_loadu_ps(live, scale + n0) : _mm512_set1_ps(1.0f);
-        const __m512 b = bias ? _mm512_maskz_loadu_ps(live, bias + n0) : _mm512_setzero_ps();
         for (int64_t ct0 = cb0; ct0 < cb1; ct0 += 3) {
           const int64_t n = cb1 - ct0 < 3 ? cb1 - ct0 : 3;
           const int64_t m0 = ct0 / 3 * T, r = m0 + T <= M ? T : tail;
@@ -543,7 +543,7 @@ int tritium_amx_linear(int kind_int8, const float* x, int64_t M, int64_t K, cons
             ct0 += 3; /* the last group, in acc's fourth tile */
           }
           store_parts(tail_acc, cb1 - ct0 < 3 ? cb1 - ct0 : 3, M - ct0 / 3 * T, ct0 / 3 * T,
-                      n0, live, s, b, scale != NULL, bias != NULL, cols_of, N, out);
+                      n0, nr, scale, bias, cols_of, N, out);
         }
       }
     }
