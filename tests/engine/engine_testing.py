@@ -9,7 +9,7 @@ import torch
 
 from tritium.engine import LLM
 from tritium.engine.layers import quant_kernel
-from tritium.engine.layers.linear import Linear
+from tritium.engine.layers.linear import BLOCK_FORMATS, Linear
 from tritium.engine.layers.paged_attention_triton import HAS_TRITON
 
 #: Where the Triton kernels' tests run: on CUDA, or on CPU through Triton's interpreter
@@ -89,6 +89,27 @@ def random_linear(in_features: int, out_features: int, bias: bool = True) -> Lin
     layer = Linear(in_features, out_features, bias=bias)
     torch.nn.Linear.reset_parameters(layer)
     return layer
+
+
+#: A format label for the kernel tests beside Linear's own: bf16 weights computing a bf16
+#: matmul (Linear.bf16_inputs: dtype bfloat16 on CPU).
+BF16_MATMUL = "bf16 matmul"
+
+
+def compact_linear(in_features: int, out_features: int, method: str, bias: bool = True) -> Linear:
+    """random_linear in `method`'s format (a QUANT_METHODS key, or BF16_MATMUL)."""
+    layer = random_linear(in_features, out_features, bias)
+    layer.quantize("bf16" if method == BF16_MATMUL else method)
+    layer.bf16_inputs = method == BF16_MATMUL
+    return layer
+
+
+def kernel_inputs(layer: Linear, x: torch.Tensor) -> torch.Tensor:
+    """x as `layer`'s kernels see it: rounded to 8 bits per block of 32 for q4 and q8, to
+    bf16 for a bf16 matmul, as it is otherwise (fp32 math)."""
+    if layer.quant in BLOCK_FORMATS:
+        return quant_kernel.quantize_activations_q8(x)
+    return x.bfloat16().float() if layer.bf16_inputs else x
 
 
 def q4_block_errors(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

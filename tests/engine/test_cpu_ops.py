@@ -86,13 +86,16 @@ def test_silu_mul(rows: int) -> None:
     torch.testing.assert_close(cpu_ops.silu_mul(gate_up), F.silu(gate) * up, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_store_kv_writes_pool_and_dense_rows(kv_dtype: torch.dtype) -> None:
-    """fp32 caches take the rows as they are; fp16 caches as torch rounds them (to nearest
-    even, subnormals and overflow included)."""
+    """fp32 caches take the rows as they are; fp16 and bf16 caches as torch rounds them (to
+    nearest even, ties, subnormals, overflow and NaN included)."""
     t, kvh, d = 5, 3, 64
     qkv = torch.randn(t, (9 + 2 * kvh) * d)
-    qkv[0, 9 * d : 9 * d + 4] = torch.tensor([1e-6, -3e-8, 7e4, 1.0 + 2**-11])
+    qkv[0, 9 * d : 9 * d + 10] = torch.tensor(
+        [1e-6, -3e-8, 7e4, 1.0 + 2**-11, 1.0 + 2**-8, 1.0 + 3 * 2**-8, 3.3961e38, 1e-40,
+         float("inf"), float("nan")]
+    )  # fmt: skip
     k = qkv[:, 9 * d : (9 + kvh) * d].view(t, kvh, d)
     v = qkv[:, (9 + kvh) * d :].view(t, kvh, d)
     k_pool = torch.zeros(100, kvh, d, dtype=kv_dtype)
@@ -107,9 +110,14 @@ def test_store_kv_writes_pool_and_dense_rows(kv_dtype: torch.dtype) -> None:
     exp_v = torch.zeros(100, kvh, d, dtype=kv_dtype)
     exp_k.index_copy_(0, slots, k.to(kv_dtype))
     exp_v.index_copy_(0, slots, v.to(kv_dtype))
-    assert torch.equal(k_pool, exp_k) and torch.equal(v_pool, exp_v)
-    assert torch.equal(k_dense[rows], k[:2].to(kv_dtype))
-    assert torch.equal(v_dense[rows], v[:2].to(kv_dtype))
+
+    def same(a: torch.Tensor, b: torch.Tensor) -> None:  # NaN where NaN, all else equal
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+    same(k_pool, exp_k)
+    same(v_pool, exp_v)
+    same(k_dense[rows], k[:2].to(kv_dtype))
+    same(v_dense[rows], v[:2].to(kv_dtype))
     untouched = torch.ones(50, dtype=torch.bool)
     untouched[rows] = False
     assert not k_dense[untouched].any() and not v_dense[untouched].any()
@@ -118,7 +126,7 @@ def test_store_kv_writes_pool_and_dense_rows(kv_dtype: torch.dtype) -> None:
 def test_store_kv_refuses_caches_it_cannot_write() -> None:
     k = v = torch.randn(2, 3, 64)
     assert not cpu_ops.can_store_kv(
-        k, v, torch.tensor([0, 1]), torch.zeros(4, 3, 64, dtype=torch.bfloat16)
+        k, v, torch.tensor([0, 1]), torch.zeros(4, 3, 64, dtype=torch.float64)
     )
 
 
@@ -128,7 +136,7 @@ def _dense_kv(b: int, kvh: int, cap: int, d: int) -> tuple[torch.Tensor, torch.T
     return buf[0].transpose(1, 2), buf[1].transpose(1, 2)
 
 
-@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize(
     ("b", "heads", "kv_heads", "d", "n", "lo", "masked"),
     [
@@ -143,7 +151,7 @@ def _dense_kv(b: int, kvh: int, cap: int, d: int) -> tuple[torch.Tensor, torch.T
 def test_decode_attention_matches_sdpa(
     b: int, heads: int, kv_heads: int, d: int, n: int, lo: int, masked: bool, kv_dtype
 ) -> None:
-    """Against SDPA on the cache's values widened to fp32 (an fp16 cache is read as it is
+    """Against SDPA on the cache's values widened to fp32 (a 16-bit cache is read as it is
     stored, so only the order of the sums differs)."""
     torch.manual_seed(n)
     cap = n + 5
@@ -224,6 +232,8 @@ def test_attention_layer_same_with_and_without_the_ops(monkeypatch: pytest.Monke
         ("llama", "q8", None),
         ("qwen2", "bf16", None),
         ("llama", "fp16", None),
+        ("qwen3", "bfloat16", None),  # dtype bfloat16: bf16 matmuls, a bf16 cache
+        ("mistral", "bfloat16", 8),
     ],
 )
 def test_fused_decode_layers_equal_the_layer_by_layer_path(
@@ -231,7 +241,7 @@ def test_fused_decode_layers_equal_the_layer_by_layer_path(
 ) -> None:
     """Decode steps with each layer as one C call give bit-identical logprobs to the
     layer-by-layer forward: a padded batch of three, Qwen2's q/k/v bias, Qwen3's q/k norms,
-    a sliding window shorter than the prompts."""
+    a sliding window shorter than the prompts; and under dtype bfloat16."""
     from engine_testing import assert_pool_free
     from test_sliding_window import _with_window
 
@@ -241,7 +251,11 @@ def test_fused_decode_layers_equal_the_layer_by_layer_path(
     src = tiny_model_dirs[family]
     if window is not None:
         src = _with_window(src, tmp_path / "windowed", window)
-    llm = LLM(str(src), dtype="float32", quantization=quantization)
+    if quantization == "bfloat16":
+        llm = LLM(str(src), dtype="bfloat16")
+        assert llm.engine_core.runner.kv_dtype == torch.bfloat16
+    else:
+        llm = LLM(str(src), dtype="float32", quantization=quantization)
     prompts = [{"prompt_token_ids": list(range(100, 100 + n))} for n in (21, 5, 13)]
     params = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True, logprobs=3)
     calls = []

@@ -8,10 +8,10 @@ import platform
 
 import pytest
 import torch
-from engine_testing import random_linear
+from engine_testing import BF16_MATMUL, compact_linear, kernel_inputs
 
-from tritium.engine.layers import native, quant_kernel
-from tritium.engine.layers.linear import BLOCK_FORMATS, QUANT_METHODS
+from tritium.engine.layers import native
+from tritium.engine.layers.linear import QUANT_METHODS
 
 pytestmark = pytest.mark.skipif(
     not native.is_available(), reason="the CPU kernels need a C compiler"
@@ -88,7 +88,7 @@ def without_amx() -> ctypes.CDLL | None:
         return native._build()
 
 
-@pytest.mark.parametrize("method", sorted(QUANT_METHODS))
+@pytest.mark.parametrize("method", [*sorted(QUANT_METHODS), BF16_MATMUL])
 @pytest.mark.parametrize("rows", [1, 5, 80])
 def test_the_build_without_amx_matches_the_reference(
     without_amx, monkeypatch, method, rows
@@ -102,7 +102,7 @@ def test_the_build_without_amx_matches_the_reference(
     _check_linear_on(without_amx, monkeypatch, method, rows)
 
 
-@pytest.mark.parametrize("method", sorted(QUANT_METHODS))
+@pytest.mark.parametrize("method", [*sorted(QUANT_METHODS), BF16_MATMUL])
 @pytest.mark.parametrize("rows", [1, 5])
 def test_portable_linears_match_their_reference(portable, monkeypatch, method, rows) -> None:
     _check_linear_on(portable, monkeypatch, method, rows)
@@ -110,12 +110,11 @@ def test_portable_linears_match_their_reference(portable, monkeypatch, method, r
 
 def _check_linear_on(lib: ctypes.CDLL, monkeypatch, method: str, rows: int) -> None:
     """A `method` layer run by `lib` against fp32 math on its weights (and its inputs at 8
-    bits for q4 and q8), and against the default build."""
+    bits for q4 and q8, in bf16 for a bf16 matmul), and against the default build."""
     torch.manual_seed(rows)
-    layer = random_linear(160, 37)
-    layer.quantize(method)
+    layer = compact_linear(160, 37, method)
     x = torch.randn(rows, 160)
-    seen = quant_kernel.quantize_activations_q8(x) if method in BLOCK_FORMATS else x
+    seen = kernel_inputs(layer, x)
     expected = seen @ layer.dequantized_weight().T + layer.bias
     default = layer(x)
     monkeypatch.setattr(native, "library", lambda: lib)

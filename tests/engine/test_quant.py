@@ -3,6 +3,7 @@ Linear, and the engine choosing a format from the checkpoint."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -11,11 +12,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from engine_testing import assert_pool_free, q4_block_errors, random_linear
+from engine_testing import (
+    BF16_MATMUL,
+    assert_pool_free,
+    compact_linear,
+    kernel_inputs,
+    q4_block_errors,
+    random_linear,
+)
 from test_models import NEW_TOKENS, PROMPTS, hf_greedy
 
 from tritium.engine import LLM, EngineArgs, SamplingParams
-from tritium.engine.engine_core import engine_dtype, resolve_quantization
+from tritium.engine.engine_core import bf16_matmuls_on_cpu, engine_dtype, resolve_quantization
 from tritium.engine.layers import quant_kernel
 from tritium.engine.layers.linear import (
     BLOCK_FORMATS,
@@ -31,26 +39,28 @@ pytestmark = pytest.mark.skipif(
 )
 
 FORMATS = ["int8", "q4", "q8", "bf16", "fp16"]
+#: What the kernels compute: each format, and bf16 weights in a bf16 matmul.
+KERNEL_FORMATS = [*FORMATS, BF16_MATMUL]
 
 
-@pytest.mark.parametrize("method", FORMATS)
+@pytest.mark.parametrize("method", KERNEL_FORMATS)
 @pytest.mark.parametrize("rows", [1, 2, 3, 7, QUANT_KERNEL_MAX_ROWS, QUANT_KERNEL_MAX_ROWS + 1])
 @pytest.mark.parametrize("bias", [False, True])
 def test_linear_equals_fp32_math_on_the_dequantized_weight(
     method: str, rows: int, bias: bool
 ) -> None:
     """int8, bf16, fp16: fp32 inputs; q4, q8: inputs rounded to 8 bits per block of 32
-    (llama.cpp's rule); on the one-row path, the several-row path and the >64-row matmul."""
+    (llama.cpp's rule); a bf16 matmul: inputs rounded to bf16; on the one-row path, the
+    several-row path and the >64-row matmul."""
     torch.manual_seed(rows)
     # 37 rows: a partial tile of the kernels' 4; K = 160: five q4 blocks, K % 16 != 0.
-    layer = random_linear(160, 37, bias=bias)
-    layer.quantize(method)
-    assert layer.weight is None and layer.quant == method
+    layer = compact_linear(160, 37, method, bias=bias)
+    assert layer.weight is None and layer.quant == method.split()[0]
     x = torch.randn(rows, 160) * torch.logspace(-1, 1, 160)  # blocks of different scale
-    seen = quant_kernel.quantize_activations_q8(x) if method in BLOCK_FORMATS else x
+    seen = kernel_inputs(layer, x)
     expected = seen @ layer.dequantized_weight().T + (layer.bias if bias else 0)
     torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
-    if method in BLOCK_FORMATS:  # the 8-bit rounding is visible: not fp32 inputs
+    if method in (*BLOCK_FORMATS, BF16_MATMUL):  # the rounding is visible: not fp32 inputs
         assert not torch.allclose(
             x @ layer.dequantized_weight().T,
             expected - (layer.bias if bias else 0),
@@ -76,14 +86,13 @@ def test_activation_blocks_round_within_half_a_step() -> None:
     assert not q[1, 32:64].any()
 
 
-@pytest.mark.parametrize("method", FORMATS)
+@pytest.mark.parametrize("method", KERNEL_FORMATS)
 def test_linear_keeps_input_dtype_and_leading_dims(method: str) -> None:
-    layer = random_linear(64, 24, bias=False)
-    layer.quantize(method)
+    layer = compact_linear(64, 24, method, bias=False)
     x = torch.randn(2, 3, 64, dtype=torch.bfloat16)
     out = layer(x)
     assert out.shape == (2, 3, 24) and out.dtype == torch.bfloat16
-    seen = quant_kernel.quantize_activations_q8(x.float()) if method in BLOCK_FORMATS else x.float()
+    seen = kernel_inputs(layer, x.float())
     expected = seen @ layer.dequantized_weight().T
     torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=2e-2)
 
@@ -323,7 +332,7 @@ def test_without_a_compiler_the_engine_runs_dequantized_on_torch_ops_and_q4_says
     script = """
 import torch
 from tritium.engine import EngineArgs
-from tritium.engine.engine_core import engine_dtype, resolve_quantization
+from tritium.engine.engine_core import bf16_matmuls_on_cpu, engine_dtype, resolve_quantization
 from tritium.engine.layers import quant_kernel
 from tritium.engine.layers.quant_kernel import quantize_weight_int8, quantize_weight_q4
 from tritium.engine.loader import load_checkpoint
@@ -459,7 +468,9 @@ def test_q4_or_int8_on_a_16_bit_checkpoint_keeps_its_table_16_bit(
     assert [o.outputs[0].token_ids for o in wide.generate(prompts, params, use_tqdm=False)] == ours
 
 
-def test_16_bit_weights_stay_16_bit_only_under_fp32_math(half_dirs, monkeypatch) -> None:
+def test_which_cpu_models_keep_16_bit_weights_and_which_run_bf16_matmuls(
+    half_dirs, monkeypatch
+) -> None:
     from tritium.engine import config
 
     folder = str(half_dirs["bf16"])
@@ -469,12 +480,82 @@ def test_16_bit_weights_stay_16_bit_only_under_fp32_math(half_dirs, monkeypatch)
     assert "model.layers.0.mlp.gate_proj.weight" in formats
     none = EngineArgs(model=folder, device="cpu", quantization="none")
     assert resolve_quantization(none, ckpt) is None
-    # A CPU with native bf16 computes a bf16 checkpoint in bf16 itself.
+    assert not bf16_matmuls_on_cpu(EngineArgs(model=folder, device="cpu", dtype="float32"))
+    # A CPU with native bf16 computes in bf16 on the kernels: fp32 activations around bf16
+    # matmuls (any checkpoint: an fp16 one too). Not a quantized GGUF (q4 and q8 compute
+    # in fp32), nor an explicit format, nor where the kernels do not build (torch's bf16).
     monkeypatch.setattr(config, "cpu_has_bf16", lambda: True)
     args = EngineArgs(model=folder, device="cpu")
-    assert engine_dtype(args) == torch.bfloat16
+    assert bf16_matmuls_on_cpu(args) and engine_dtype(args) == torch.float32
+    assert bf16_matmuls_on_cpu(EngineArgs(model=str(half_dirs["fp16"]), device="cpu"))
+    assert not bf16_matmuls_on_cpu(EngineArgs(model="smollm2", device="cpu", dtype="bfloat16"))
+    assert not bf16_matmuls_on_cpu(dataclasses.replace(args, quantization="none"))
+    assert not bf16_matmuls_on_cpu(dataclasses.replace(args, quantization="bf16"))
+    monkeypatch.setattr(quant_kernel, "is_available", lambda: False)
+    assert not bf16_matmuls_on_cpu(args) and engine_dtype(args) == torch.bfloat16
     bf16 = load_checkpoint(folder, dtype=torch.bfloat16, progress=False)
     assert resolve_quantization(args, bf16) is None
+
+
+def test_bf16_on_cpu_runs_bf16_matmuls_around_fp32_activations(smollm2_dir) -> None:
+    """dtype bfloat16 on CPU: bf16 weights, each matmul's inputs rounded to bf16, a bf16 KV
+    cache, and fp32 everywhere else (the residual stream, norms, softmax), decode steps in
+    the one-call C layer. Against transformers in fp32 on the same weights with each
+    linear layer's inputs rounded to bf16 (its attention reads unrounded keys and values),
+    our greedy token is, at every step, at or within a small margin of its top; and our
+    logprobs are nearer fp32's than transformers' own bf16 ones are."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from tritium.engine.models.llama import LlamaModel
+
+    llm = LLM(str(smollm2_dir), dtype="bfloat16")
+    runner = llm.engine_core.runner
+    assert runner.dtype == torch.float32 and runner.kv_dtype == torch.bfloat16
+    assert runner.quantization == f"bf16 x{4 * 30 + 1}"
+    linears = [m for m in runner.model.modules() if isinstance(m, Linear)]
+    assert linears and all(m.quant == "bf16" and m.bf16_inputs for m in linears)
+    table = runner.model.model.embed_tokens.weight
+    stored = load_file(smollm2_dir / "model.safetensors")["model.embed_tokens.weight"]
+    assert table.dtype == torch.bfloat16 and torch.equal(table, stored)
+    tok = llm.get_tokenizer()
+    params = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True, logprobs=1)
+    outs = llm.generate(PROMPTS, params, use_tqdm=False)
+    assert_pool_free(llm)
+    model = runner.model.model
+    assert isinstance(model, LlamaModel) and model._decode_layers  # the one-call layer ran
+
+    def teacher_forced(dtype: torch.dtype, round_inputs: bool) -> list[torch.Tensor]:
+        """transformers' log-softmax at each of our steps, fed our tokens."""
+        hf = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=dtype).eval()
+        if round_inputs:
+            for module in hf.modules():
+                if isinstance(module, torch.nn.Linear):
+                    module.register_forward_pre_hook(lambda _, args: (args[0].bfloat16().float(),))
+        result = []
+        for prompt, out in zip(PROMPTS, outs, strict=True):
+            ids, ours_ids = tok.encode(prompt), list(out.outputs[0].token_ids)
+            with torch.inference_mode():
+                logits = hf(input_ids=torch.tensor([ids + ours_ids])).logits[0, len(ids) - 1 : -1]
+            result.append(logits.float().log_softmax(dim=-1))
+        return result
+
+    rounded = teacher_forced(torch.float32, round_inputs=True)
+    for out, ref in zip(outs, rounded, strict=True):
+        ours_ids = list(out.outputs[0].token_ids)
+        gaps = (ref.max(dim=-1).values - ref[torch.arange(len(ours_ids)), ours_ids]).tolist()
+        assert max(gaps) < 1.0, gaps
+        assert sum(g == 0 for g in gaps) >= 0.9 * len(gaps), gaps
+    fp32 = teacher_forced(torch.float32, round_inputs=False)
+    hf_bf16 = teacher_forced(torch.bfloat16, round_inputs=False)
+    for out, exact, theirs in zip(outs, fp32, hf_bf16, strict=True):
+        ours_ids = torch.tensor(out.outputs[0].token_ids)
+        steps = torch.arange(len(ours_ids))
+        ours_lp = torch.tensor([next(iter(s.values())).logprob for s in out.outputs[0].logprobs])
+        our_err = (ours_lp - exact[steps, ours_ids]).abs().mean()
+        their_err = (theirs[steps, ours_ids] - exact[steps, ours_ids]).abs().mean()
+        print(f"mean |logprob - fp32|: ours {our_err:.4f}, transformers bf16 {their_err:.4f}")
+        assert our_err < their_err
 
 
 @pytest.mark.parametrize("method", ["bf16", "fp16"])

@@ -35,12 +35,30 @@ DEFAULT_MAX_MODEL_LEN = 8192  # cap when the config allows more and none is aske
 log = logging.getLogger("tritium.engine")
 
 
+def bf16_matmuls_on_cpu(args: EngineArgs) -> bool:
+    """Whether dtype bfloat16 on CPU runs on our kernels: the weights in bf16, each matmul a
+    bf16 one (inputs rounded to bf16, products summed in fp32, on AMX where the CPU has it),
+    and the rest of a step (norms, RoPE, attention, the residual stream) in fp32 through the
+    C ops, with a bf16 KV cache by default. torch's bf16 ops dispatch ~40 ops per layer and
+    run decode-sized matmuls slowly (benchmarks/RESULTS.md, "bf16 on CPU"). Not for a
+    quantized GGUF file or an explicit `quantization`: those weights keep their formats."""
+    if args.resolved_device().type != "cpu" or args.resolved_dtype() != torch.bfloat16:
+        return False
+    if args.quantization is not None or not quant_kernel.is_available():
+        return False
+    source = gguf_source(args.model, args.revision) if args.load_format != "dummy" else None
+    return source is None or not gguf.quantized_weight_formats(source)
+
+
 def engine_dtype(args: EngineArgs) -> torch.dtype:
-    """The dtype the engine computes in: `args`' own, except that 'auto' is fp32 for a model
-    that runs in a CPU weight format. On a CPU with native bf16 'auto' means bf16, which
-    would pass the weights through bf16 on their way to the kernels (moving a Q4_1 file's
-    blocks, and converting a GGUF file twice), while the kernels compute in fp32 anyway."""
+    """The dtype the engine's activations are in: `args`' own, except fp32 for bf16 on our
+    CPU kernels (bf16_matmuls_on_cpu) and, for 'auto', for a model that runs in a CPU
+    weight format. On a CPU with native bf16 'auto' means bf16, which would pass the weights
+    through bf16 on their way to the kernels (moving a Q4_1 file's blocks, and converting a
+    GGUF file twice), while the kernels compute in fp32 anyway."""
     dtype = args.resolved_dtype()
+    if bf16_matmuls_on_cpu(args):
+        return torch.float32
     if (
         args.dtype != "auto"
         or dtype == torch.float32
@@ -103,7 +121,7 @@ def resolve_quantization(args: EngineArgs, ckpt: Checkpoint) -> str | dict[str, 
 
 def resolve_kv_cache_dtype(args: EngineArgs, dtype: torch.dtype) -> torch.dtype:
     """The KV cache's dtype: the compute dtype for "auto", else `args.kv_cache_dtype`. On
-    CPU an fp16 cache under fp32 math holds twice the tokens in the same memory (the C ops
+    CPU a 16-bit cache under fp32 math holds twice the tokens in the same memory (the C ops
     widen its rows as they read them); on CUDA the cache is in the compute dtype."""
     if args.kv_cache_dtype == "auto":
         return dtype
@@ -113,8 +131,6 @@ def resolve_kv_cache_dtype(args: EngineArgs, dtype: torch.dtype) -> torch.dtype:
             f"kv_cache_dtype={args.kv_cache_dtype!r}: on CUDA the cache is in the compute "
             f"dtype ({str(dtype).removeprefix('torch.')})"
         )
-    if kv == torch.bfloat16 and dtype != torch.bfloat16:
-        raise ValueError("kv_cache_dtype='bfloat16' needs dtype='bfloat16'")
     return kv
 
 
@@ -145,14 +161,15 @@ class EngineCore:
     """One model's engine: add requests, step, read outputs."""
 
     def __init__(self, args: EngineArgs, ckpt: Checkpoint | None = None) -> None:
+        bf16_matmuls = bf16_matmuls_on_cpu(args)
         ckpt = ckpt or load_engine_checkpoint(args)
-        if args.dtype == "auto":  # as load_engine_checkpoint resolved it
+        if args.dtype == "auto" or bf16_matmuls:  # as load_engine_checkpoint resolved it
             args = dataclasses.replace(args, dtype=str(ckpt.dtype).removeprefix("torch."))
         cfg = ckpt.hf_config
         max_len = args.max_model_len or min(
             getattr(cfg, "max_position_embeddings", DEFAULT_MAX_MODEL_LEN), DEFAULT_MAX_MODEL_LEN
         )
-        quantization = resolve_quantization(args, ckpt)
+        quantization = "bf16" if bf16_matmuls else resolve_quantization(args, ckpt)
         if quantization is None:
             # Weights in plain dtype are read from a GGUF file's conversion, made once. With
             # CPU formats they stream from the file: what they become is cached instead
@@ -162,10 +179,10 @@ class EngineCore:
         cached = None
         if quantization is not None:
             cached = prepared.for_checkpoint(ckpt, quantization, tables)
-        kv_dtype = resolve_kv_cache_dtype(args, ckpt.dtype)
+        kv_dtype = resolve_kv_cache_dtype(args, torch.bfloat16 if bf16_matmuls else ckpt.dtype)
         self.runner = ModelRunner(
             args, cfg, ckpt.weights(), max_len, quantization, cached, tables=tables,
-            kv_dtype=kv_dtype,
+            kv_dtype=kv_dtype, bf16_matmuls=bf16_matmuls,
         )  # fmt: skip
         # One sequence must always fit in the pool, or it would preempt itself forever.
         self.max_model_len = min(max_len, self.runner.num_blocks * args.block_size)

@@ -20,6 +20,7 @@ from tritium.engine.layers.attention import AttentionMetadata, PrefillChunk
 from tritium.engine.layers.linear import (
     embedding_formats,
     quantize_as_loaded,
+    round_inputs_to_bf16,
     store_embeddings,
     weight_formats,
 )
@@ -53,13 +54,15 @@ class ModelRunner:
         cached: PreparedWeights | None = None,
         tables: str | dict[str, str] | None = None,
         kv_dtype: torch.dtype | None = None,
+        bf16_matmuls: bool = False,
     ) -> None:
         """`cached`: the cache entry of these weights in `quantization`'s formats
         (loader/prepared.py), read instead of `weights` when it exists, written when not
         (for formats worth it); None loads from `weights` alone. `tables`: the formats of
         the embedding tables (engine_core.resolve_table_formats), `quantization`'s when
         None. `kv_dtype`: the KV cache's (engine_core.resolve_kv_cache_dtype), the compute
-        dtype when None."""
+        dtype when None. `bf16_matmuls`: the layers with bf16 weights compute bf16 matmuls
+        (linear.round_inputs_to_bf16; engine_core.bf16_matmuls_on_cpu)."""
         self.device = args.resolved_device()
         self.dtype = args.resolved_dtype()
         self.kv_dtype = self.dtype if kv_dtype is None else kv_dtype
@@ -86,6 +89,8 @@ class ModelRunner:
             self.model.load_weights(quantize_as_loaded(self.model, plan, weights))
             if cached is not None:
                 cached.save(self.model)
+        if bf16_matmuls:
+            round_inputs_to_bf16(self.model)
         #: How the linear layers' weights are stored, e.g. "q4 x210, q8 x1"; None: dtype.
         counts = sorted(Counter(plan.values()).items())
         self.quantization = ", ".join(f"{k} x{n}" for k, n in counts) or None

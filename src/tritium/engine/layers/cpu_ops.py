@@ -28,8 +28,10 @@ if TYPE_CHECKING:
 MAX_GROUP = 16
 MAX_HEAD_DIM = 512
 
-#: KV cache dtypes the C ops read and write (fp16 rows are widened as they are read).
-KV_DTYPES = (torch.float32, torch.float16)
+#: KV cache dtypes the C ops read and write (16-bit rows are widened as they are read),
+#: with the C ops' kv_format flag for each.
+_KV_FORMATS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+KV_DTYPES = tuple(_KV_FORMATS)
 
 
 @functools.cache
@@ -37,9 +39,9 @@ def _available() -> bool:
     return native.is_available()
 
 
-def _kv_half(cache: torch.Tensor) -> int:
-    """The C ops' kv_half flag: 1 for an fp16 KV cache, 0 for fp32."""
-    return int(cache.dtype == torch.float16)
+def _kv_format(cache: torch.Tensor) -> int:
+    """The C ops' kv_format flag for a KV cache of this dtype."""
+    return _KV_FORMATS[cache.dtype]
 
 
 def enabled(x: torch.Tensor) -> bool:
@@ -113,7 +115,7 @@ def store_kv(
     native.library().tritium_store_kv(
         k.data_ptr(), v.data_ptr(), t, k.stride(0), width, k_pool.data_ptr(),
         v_pool.data_ptr(), slots.data_ptr(), kd, vd, rows, num_rows,
-        _kv_half(k_pool),
+        _kv_format(k_pool),
     )  # fmt: skip
 
 
@@ -143,7 +145,7 @@ def decode_attention(
     scale: float,
 ) -> torch.Tensor:
     """One query per sequence: q [B, H, D] (rows of one buffer) against keys and values
-    [B, KVH, tokens, D] (same strides and dtype, fp32 or fp16, D contiguous), positions
+    [B, KVH, tokens, D] (same strides and dtype, one of KV_DTYPES, D contiguous), positions
     [lo, n), with the additive mask [B, 1, 1, n - lo] when given -> [B, H * D]."""
     b, h, d = q.shape
     kvh = k.shape[1]
@@ -154,7 +156,7 @@ def decode_attention(
     native.library().tritium_decode_attention(
         q.data_ptr(), q.stride(0), b, h, kvh, d, k.data_ptr(), v.data_ptr(), sb, sh, st,
         lo, n, None if mask is None else mask.data_ptr(), scale,
-        _kv_half(k), out.data_ptr(),
+        _kv_format(k), out.data_ptr(),
     )  # fmt: skip
     return out
 
@@ -218,6 +220,7 @@ class LayerParams(ctypes.Structure):
 
 
 _KINDS = {"int8": 1, "q4": 2, "bf16": 3, "fp16": 4, "q8": 5}
+_BF16_INPUTS_KIND = 6  # bf16 weights, inputs rounded to bf16 (Linear.bf16_inputs)
 
 
 def linear_params(layer: Linear) -> LinearParams | None:
@@ -230,8 +233,9 @@ def linear_params(layer: Linear) -> LinearParams | None:
     bias = layer.bias
     if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()):
         return None
+    kind = _BF16_INPUTS_KIND if layer.bf16_inputs else _KINDS[layer.quant]
     return LinearParams(
-        _KINDS[layer.quant], layer.in_features, layer.out_features, layer.qweight.data_ptr(),
+        kind, layer.in_features, layer.out_features, layer.qweight.data_ptr(),
         None if scales is None else scales.data_ptr(), None if bias is None else bias.data_ptr(),
     )  # fmt: skip
 
@@ -261,7 +265,7 @@ def decode_layer(
         sin.data_ptr(), attn.k_cache.data_ptr(), attn.v_cache.data_ptr(),
         meta.slot_mapping.data_ptr(), k_flat.data_ptr(), v_flat.data_ptr(),
         meta.decode_rows.data_ptr(), sb, sh, st, lo, meta.decode_len,
-        None if mask is None else mask.data_ptr(), _kv_half(attn.k_cache),
+        None if mask is None else mask.data_ptr(), _kv_format(attn.k_cache),
         work.data_ptr(), torch.get_num_threads(),
     )  # fmt: skip
     if rc != 0:

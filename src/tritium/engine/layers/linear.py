@@ -60,6 +60,9 @@ class Linear(nn.Linear):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.quant: str | None = None
+        #: bf16 weights only: round each input to bf16, as a bf16 matmul does (products of
+        #: bf16 values, summed in fp32), rather than keep it fp32 (round_inputs_to_bf16).
+        self.bf16_inputs = False
         self.register_buffer("qweight", None)
         self.register_buffer("wscale", None)
 
@@ -117,7 +120,7 @@ class Linear(nn.Linear):
             rows = x.numel() // self.in_features
             if rows <= QUANT_KERNEL_MAX_ROWS or (self.quant != "fp16" and qk.amx_enabled()):
                 if self.quant == "bf16":
-                    return qk.bf16_linear(x, self.qweight, self.bias)
+                    return qk.bf16_linear(x, self.qweight, self.bias, self.bf16_inputs)
                 if self.quant == "fp16":
                     return qk.fp16_linear(x, self.qweight, self.bias)
                 assert self.wscale is not None
@@ -127,6 +130,8 @@ class Linear(nn.Linear):
             b = None if self.bias is None else self.bias.to(x.dtype)
             if self.quant in BLOCK_FORMATS:  # the kernel's 8-bit inputs: every row size agrees
                 x = qk.quantize_activations_q8(x.float()).to(x.dtype)
+            elif self.bf16_inputs:
+                x = x.to(torch.bfloat16).to(x.dtype)
             return self._dense(x, w, b)
         return self._dense(x, self.weight, self.bias)
 
@@ -162,6 +167,16 @@ def weight_formats(model: nn.Module, formats: str | Mapping[str, str]) -> dict[s
         if fmt is not None:
             plan[name] = fmt
     return plan
+
+
+def round_inputs_to_bf16(model: nn.Module) -> int:
+    """Make every Linear of `model` with bf16 weights compute as a bf16 matmul: each input
+    rounded to bf16, the products summed in fp32 (dtype bfloat16 on CPU, where the rest of
+    the step stays fp32). Returns how many layers do."""
+    layers = [m for m in model.modules() if isinstance(m, Linear) and m.quant == "bf16"]
+    for layer in layers:
+        layer.bf16_inputs = True
+    return len(layers)
 
 
 def embedding_formats(model: nn.Module, formats: str | Mapping[str, str]) -> dict[str, str]:

@@ -39,8 +39,8 @@ SIGNATURES: dict[str, tuple[list, object]] = {
     "tritium_int8_linear": ([_p, _i64, _i64, _p, _p, _p, _i64, _p, _int], _int),
     "tritium_q4_linear": ([_p, _i64, _i64, _p, _p, _p, _i64, _p, _int], _int),
     "tritium_q8_linear": ([_p, _i64, _i64, _p, _p, _p, _i64, _p, _int], _int),
-    # x, M, K, 16-bit weights, bias, N, out, threads
-    "tritium_bf16_linear": ([_p, _i64, _i64, _p, _p, _i64, _p, _int], _int),
+    # x, M, K, 16-bit weights, bias, N, out, threads (bf16: then bf16_inputs)
+    "tritium_bf16_linear": ([_p, _i64, _i64, _p, _p, _i64, _p, _int, _int], _int),
     "tritium_fp16_linear": ([_p, _i64, _i64, _p, _p, _i64, _p, _int], _int),
     # whether the several-row matmuls run on AMX; turn them on (1) or off (0)
     "tritium_amx_enabled": ([], _int),
@@ -54,10 +54,10 @@ SIGNATURES: dict[str, tuple[list, object]] = {
     # gate_up, T, I, out
     "tritium_silu_mul": ([_p, _i64, _i64, _p], None),
     # k, v, T, row stride, width, k pool, v pool, slots, k dense, v dense, rows, num rows,
-    # kv_half (the caches hold fp16)
+    # kv_format (0: the caches hold fp32, 1: fp16, 2: bf16)
     "tritium_store_kv": ([_p, _p, _i64, _i64, _i64, _p, _p, _p, _p, _p, _p, _i64, _int], None),
     # q, q row stride, B, H, KVH, D, k, v, k/v strides (batch, head, token), lo, n, mask,
-    # scale, kv_half, out
+    # scale, kv_format, out
     "tritium_decode_attention": (
         [
             _p,
@@ -81,7 +81,7 @@ SIGNATURES: dict[str, tuple[list, object]] = {
         None,
     ),
     # layer, x, residual, B, cos, sin, k pool, v pool, slots, k dense, v dense, rows,
-    # dense strides (batch, head, token), lo, n, mask, kv_half, work, threads
+    # dense strides (batch, head, token), lo, n, mask, kv_format, work, threads
     "tritium_decode_layer": (
         [
             _p,

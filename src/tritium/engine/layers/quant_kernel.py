@@ -271,10 +271,16 @@ def q8_linear(
     return _call(native.library().tritium_q8_linear, x, codes, d, bias)
 
 
-def bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def bf16_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, bf16_inputs: bool = False
+) -> torch.Tensor:
     """``x @ weight.float().T + bias`` on CPU in fp32 math, in x's dtype: weight [N, K] bf16
-    (K a multiple of 8), widened in registers, so it is read at half fp32's bytes."""
-    return _call(native.library().tritium_bf16_linear, x, weight, None, bias)
+    (K a multiple of 8), widened in registers, so it is read at half fp32's bytes.
+
+    bf16_inputs: ``x.bfloat16().float() @ weight.float().T + bias``, bf16 products summed in
+    fp32 (dtype bfloat16's matmul); on AMX a third of the tile work of fp32 inputs."""
+    fn = native.library().tritium_bf16_linear
+    return _call(lambda *args: fn(*args, int(bf16_inputs)), x, weight, None, bias)
 
 
 def fp16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

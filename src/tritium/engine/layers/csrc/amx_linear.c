@@ -14,7 +14,8 @@
  *       both are exact in bf16; each fp32 input is split into three bf16 parts whose sum is
  *       exactly that input (8 + 8 + 8 significant bits), so TDPBF16PS (bf16 products, exact,
  *       summed in fp32) computes fp32 math on the stored weights, up to summation order.
- *       The parts of the last rows (M % 16) share tiles rather than fill three.
+ *       The parts of the last rows (M % 16) share tiles rather than fill three. Under dtype
+ *       bfloat16 the inputs are rounded to bf16 instead: one part, a third of the work.
  *
  * A row's result does not depend on which rows share its call (each is summed in the same
  * order whatever M is). Long prompts go over the weights in passes of rows whose inputs
@@ -321,28 +322,31 @@ static inline __m512i bf16_nearest16(__m512 v) {
 
 static inline __m512 bf16_value16(__m512i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16)); }
 
-/* Input row x (K floats) as its three bf16 parts into the B tiles of its group of r rows
+/* Input row x (K floats) as its bf16 parts into the B tiles of its group of r rows
  * (group: the group's first tile; the row is row i of it): part p goes to column p * r + i,
  * each pair of K one 32-bit word of a tile row (VNNI), zeros past K to the last chunk's
- * end. Each fp32 input is split into three bf16 parts whose sum is exactly that input. */
+ * end. Three parts: each fp32 input split into three bf16 parts whose sum is exactly that
+ * input; one part: the input rounded to bf16. */
 static void split_row(const float* x, int64_t K, int64_t kc_count, uint16_t* group, int64_t r,
-                      int64_t i) {
+                      int64_t i, int parts) {
   const __m256i pair_rows = _mm256_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112);
   for (int64_t k = 0; k < kc_count * KC; k += 16) {
     const __mmask16 in = k + 16 <= K ? (__mmask16)0xFFFF
                          : k < K     ? (__mmask16)((1u << (K - k)) - 1)
                                      : (__mmask16)0;
     const __m512 v = _mm512_maskz_loadu_ps(in, x + k);
-    const __m512i p0 = bf16_nearest16(v);
-    const __m512 r0 = _mm512_sub_ps(v, bf16_value16(p0)); /* exact: within 2^8 ulps of v */
-    const __m512i p1 = bf16_nearest16(r0);
-    const __m512i p2 = bf16_nearest16(_mm512_sub_ps(r0, bf16_value16(p1))); /* exact */
-    const __m512i parts[3] = {p0, p1, p2};
-    for (int64_t p = 0; p < 3; ++p) {
+    __m512i part[3];
+    part[0] = bf16_nearest16(v);
+    if (parts == 3) {
+      const __m512 r0 = _mm512_sub_ps(v, bf16_value16(part[0])); /* exact: within 2^8 ulps of v */
+      part[1] = bf16_nearest16(r0);
+      part[2] = bf16_nearest16(_mm512_sub_ps(r0, bf16_value16(part[1]))); /* exact */
+    }
+    for (int64_t p = 0; p < parts; ++p) {
       const int64_t c = p * r + i;
       /* the 8 pairs of k..k+15: rows (k % KC) / 2 .. + 7 of tile c / 16, column c % 16 */
       int32_t* at = (int32_t*)(group + ((c / T) * kc_count + k / KC) * 512) + ((k % KC) / 2) * T + c % T;
-      _mm256_i32scatter_epi32(at, pair_rows, _mm512_cvtepi32_epi16(parts[p]), 4);
+      _mm256_i32scatter_epi32(at, pair_rows, _mm512_cvtepi32_epi16(part[p]), 4);
     }
   }
 }
@@ -407,8 +411,9 @@ static void store_parts(const float* acc, int64_t n, int64_t r, int64_t m0, int6
     if (n > 2) _tile_stored(2, acc + 2 * T * T, 64);                         \
   } while (0)
 
-/* DOTS_BF16(3) and, beside it, the one tile of a last group of 1 to 5 rows (ct0 + 3) into
- * acc + 3 * T * T: alone, that tile's chain of products would wait on each one's latency. */
+/* DOTS_BF16(3) and, beside it, a fourth tile (ct0 + 3: the one tile of a last group of 1 to
+ * 5 rows, or of one part, the last 16 rows) into acc + 3 * T * T: alone, that tile's chain
+ * of products would wait on each one's latency. */
 #define DOTS_BF16_WITH_TAIL()                                      \
   do {                                                             \
     _tile_zero(0);                                                 \
@@ -432,15 +437,16 @@ static void store_parts(const float* acc, int64_t n, int64_t r, int64_t m0, int6
     _tile_stored(3, acc + 3 * T * T, 64);                          \
   } while (0)
 
-int tritium_amx_linear(int kind_int8, const float* x, int64_t M, int64_t K, const void* w,
-                       const float* scale, const float* bias, int64_t N, float* out,
-                       int nthreads) {
-  /* The B tiles' columns, 48 (3 tiles) per 16 input rows: column p * r + i of a group of
+int tritium_amx_linear(int kind_int8, int parts, const float* x, int64_t M, int64_t K,
+                       const void* w, const float* scale, const float* bias, int64_t N,
+                       float* out, int nthreads) {
+  /* The B tiles' columns, 16 * parts per 16 input rows: column p * r + i of a group of
    * r rows is part p of its row i. A full group is a tile per part; the last group's parts
-   * share tiles: 20 rows take 4 tiles where a tile per (16 rows, part) would take 6 (4 of
-   * them holding 4 rows), and 2 to 5 rows take one tile rather than three. */
+   * share tiles: with three parts, 20 rows take 4 tiles where a tile per (16 rows, part)
+   * would take 6 (4 of them holding 4 rows), and 2 to 5 rows take one tile rather than
+   * three. */
   const int64_t kc_count = (K + KC - 1) / KC, tail = M % T;
-  const int64_t ct_count = 3 * (M / T) + (3 * tail + T - 1) / T;
+  const int64_t ct_count = parts * (M / T) + (parts * tail + T - 1) / T;
   const int64_t elt = kind_int8 ? 1 : 2;
   /* B tiles [column tile][K chunk], each 16 rows (pairs of K) of 16 columns x 2 bf16. */
   uint16_t* xv = (uint16_t*)aligned_alloc(64, (size_t)(ct_count * kc_count) * 512 * sizeof(uint16_t));
@@ -472,15 +478,15 @@ int tritium_amx_linear(int kind_int8, const float* x, int64_t M, int64_t K, cons
 #endif
     for (int64_t m = 0; m < M; ++m) {
       const int64_t r = m - m % T + T <= M ? T : tail;
-      split_row(x + m * K, K, kc_count, xv + m / T * 3 * kc_count * 512, r, m % T);
+      split_row(x + m * K, K, kc_count, xv + m / T * parts * kc_count * 512, r, m % T, parts);
     }
     if (ok) configure_tiles(4, 1, 2 * KC, 3, KC / 2);
     /* Passes over the weights, each for the groups of rows whose B tiles fit in about
      * PASS_BYTES: a prompt's inputs in three parts are megabytes, and read once for every
      * weight tile they would come from memory each time. A last group's single tile goes
      * with the group before it. Every thread runs every pass (a barrier after each). */
-    const int64_t groups_per_pass = PASS_BYTES / (3 * kc_count * 1024);
-    const int64_t pass = 3 * (groups_per_pass > 0 ? groups_per_pass : 1);
+    const int64_t groups_per_pass = PASS_BYTES / (parts * kc_count * 1024);
+    const int64_t pass = parts * (groups_per_pass > 0 ? groups_per_pass : 1);
     for (int64_t cb0 = 0, cb1; cb0 < ct_count; cb0 = cb1) {
       cb1 = cb0 + pass < ct_count ? cb0 + pass : ct_count;
       if (ct_count - cb1 == 1) cb1 = ct_count;
@@ -517,7 +523,23 @@ int tritium_amx_linear(int kind_int8, const float* x, int64_t M, int64_t K, cons
             }
           }
         }
-        for (int64_t ct0 = cb0; ct0 < cb1; ct0 += 3) {
+        for (int64_t ct0 = cb0; ct0 < cb1 && parts == 1;) { /* a tile per 16 rows */
+          const int64_t n = cb1 - ct0 == 4 ? 4 : cb1 - ct0 < 3 ? cb1 - ct0 : 3;
+          if (n == 4)
+            DOTS_BF16_WITH_TAIL();
+          else if (n == 3)
+            DOTS_BF16(3);
+          else if (n == 2)
+            DOTS_BF16(2);
+          else
+            DOTS_BF16(1);
+          for (int64_t t = 0; t < n; ++t, ++ct0) {
+            __m512 c[T];
+            for (int j = 0; j < T; ++j) c[j] = _mm512_load_ps(acc + (t * T + j) * T);
+            store_tile(c, ct0 * T, M, n0, nr, scale, bias, N, out);
+          }
+        }
+        for (int64_t ct0 = cb0; ct0 < cb1 && parts == 3; ct0 += 3) {
           const int64_t n = cb1 - ct0 < 3 ? cb1 - ct0 : 3;
           const int64_t m0 = ct0 / 3 * T, r = m0 + T <= M ? T : tail;
           const float* tail_acc = acc;
@@ -573,10 +595,10 @@ int tritium_amx_block_linear(int q8, const float* x, int64_t M, int64_t K, const
   return -1;
 }
 
-int tritium_amx_linear(int kind_int8, const float* x, int64_t M, int64_t K, const void* w,
-                       const float* scale, const float* bias, int64_t N, float* out,
-                       int nthreads) {
-  (void)kind_int8, (void)x, (void)M, (void)K, (void)w, (void)scale, (void)bias, (void)N,
+int tritium_amx_linear(int kind_int8, int parts, const float* x, int64_t M, int64_t K,
+                       const void* w, const float* scale, const float* bias, int64_t N,
+                       float* out, int nthreads) {
+  (void)kind_int8, (void)parts, (void)x, (void)M, (void)K, (void)w, (void)scale, (void)bias, (void)N,
       (void)out, (void)nthreads;
   return -1;
 }

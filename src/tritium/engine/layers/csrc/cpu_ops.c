@@ -12,7 +12,7 @@
  *
  * A SmolLM2 decode step at batch 1 is ~1,200 torch ops of 2-20 us of dispatch each for
  * vectors of a few hundred floats; these do each group's work in one call of about a
- * microsecond. All fp32, row-major; the KV caches fp32 or fp16 (kv_cache_dtype). Built
+ * microsecond. All fp32, row-major; the KV caches fp32, fp16 or bf16 (kv_cache_dtype). Built
  * with -ffp-contract=off so the plain-C expressions round as torch's do: RoPE is bit-identical to the torch expression; the norm, SiLU and
  * attention sum in a different order (within a few ulp).
  */
@@ -144,14 +144,19 @@ void tritium_silu_mul(const float* gate_up, int64_t T, int64_t I, float* out) {
   }
 }
 
-/* One row of `width` floats into a cache row: as it is (fp32 caches) or rounded to fp16. */
-static inline void cache_row(void* dst, const float* src, int64_t width, int kv_half) {
-  if (!kv_half) {
+/* One row of `width` floats into a cache row: as it is (fp32 caches), or rounded to fp16
+ * or bf16 (kv_format). */
+static inline void cache_row(void* dst, const float* src, int64_t width, int kv_format) {
+  if (kv_format == KV_FP32) {
     memcpy(dst, src, sizeof(float) * (size_t)width);
     return;
   }
   uint16_t* d = (uint16_t*)dst;
   int64_t i = 0;
+  if (kv_format == KV_BF16) {
+    for (; i < width; ++i) d[i] = fp32_to_bf16(src[i]);
+    return;
+  }
 #ifdef __F16C__
   for (; i + 8 <= width; i += 8)
     _mm_storeu_si128((__m128i*)(d + i),
@@ -163,18 +168,18 @@ static inline void cache_row(void* dst, const float* src, int64_t width, int kv_
 void tritium_store_kv(const float* k, const float* v, int64_t T, int64_t row_stride,
                       int64_t width, void* k_pool, void* v_pool, const int64_t* slots,
                       void* k_dense, void* v_dense, const int64_t* rows, int64_t num_rows,
-                      int kv_half) {
+                      int kv_format) {
   /* k, v: T rows of `width` floats, `row_stride` apart (views into the qkv rows). Token t
    * goes to pool row slots[t]; the first num_rows tokens also to dense row rows[t]. The
-   * caches hold fp32, or fp16 when kv_half. */
-  const int64_t row_bytes = (kv_half ? 2 : 4) * width;
+   * caches hold fp32, fp16 or bf16 (kv_format). */
+  const int64_t row_bytes = (kv_format == KV_FP32 ? 4 : 2) * width;
   for (int64_t t = 0; t < T; ++t) {
-    cache_row((char*)k_pool + slots[t] * row_bytes, k + t * row_stride, width, kv_half);
-    cache_row((char*)v_pool + slots[t] * row_bytes, v + t * row_stride, width, kv_half);
+    cache_row((char*)k_pool + slots[t] * row_bytes, k + t * row_stride, width, kv_format);
+    cache_row((char*)v_pool + slots[t] * row_bytes, v + t * row_stride, width, kv_format);
   }
   for (int64_t t = 0; t < num_rows; ++t) {
-    cache_row((char*)k_dense + rows[t] * row_bytes, k + t * row_stride, width, kv_half);
-    cache_row((char*)v_dense + rows[t] * row_bytes, v + t * row_stride, width, kv_half);
+    cache_row((char*)k_dense + rows[t] * row_bytes, k + t * row_stride, width, kv_format);
+    cache_row((char*)v_dense + rows[t] * row_bytes, v + t * row_stride, width, kv_format);
   }
 }
 
@@ -205,25 +210,37 @@ static inline void axpy(float* y, float a, const float* x, int64_t n) {
   for (; i < n; ++i) y[i] += a * x[i];
 }
 
-/* dot and axpy against a cache row of fp32, or fp16 (kv_half) widened as it is read. */
-static inline float dot_kv(const float* a, const void* row, int64_t n, int kv_half) {
-  if (!kv_half) return dot(a, (const float*)row, n);
+#ifdef HAVE_AVX2
+/* 8 values of a 16-bit cache row (fp16, or bf16: kv_format) as floats. */
+static inline __m256 load8_kv16(const uint16_t* h, int kv_format) {
+  const __m128i bits = _mm_loadu_si128((const __m128i*)h);
+  if (kv_format == KV_BF16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+  return _mm256_cvtph_ps(bits);
+}
+#endif
+
+static inline float kv16_to_fp32(uint16_t h, int kv_format) {
+  return kv_format == KV_BF16 ? bf16_to_fp32(h) : fp16_to_fp32(h);
+}
+
+/* dot and axpy against a cache row of fp32, or fp16 or bf16 (kv_format) widened as it is
+ * read. */
+static inline float dot_kv(const float* a, const void* row, int64_t n, int kv_format) {
+  if (kv_format == KV_FP32) return dot(a, (const float*)row, n);
   const uint16_t* h = (const uint16_t*)row;
   int64_t i = 0;
   float s = 0.0f;
 #ifdef HAVE_AVX2
   __m256 acc = _mm256_setzero_ps();
-  for (; i + 8 <= n; i += 8)
-    acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i),
-                          _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(h + i))), acc);
+  for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load8_kv16(h + i, kv_format), acc);
   s = hsum(acc);
 #endif
-  for (; i < n; ++i) s += a[i] * fp16_to_fp32(h[i]);
+  for (; i < n; ++i) s += a[i] * kv16_to_fp32(h[i], kv_format);
   return s;
 }
 
-static inline void axpy_kv(float* y, float a, const void* row, int64_t n, int kv_half) {
-  if (!kv_half) {
+static inline void axpy_kv(float* y, float a, const void* row, int64_t n, int kv_format) {
+  if (kv_format == KV_FP32) {
     axpy(y, a, (const float*)row, n);
     return;
   }
@@ -232,10 +249,9 @@ static inline void axpy_kv(float* y, float a, const void* row, int64_t n, int kv
 #ifdef HAVE_AVX2
   const __m256 av = _mm256_set1_ps(a);
   for (; i + 8 <= n; i += 8)
-    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(h + i))),
-                                            _mm256_loadu_ps(y + i)));
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, load8_kv16(h + i, kv_format), _mm256_loadu_ps(y + i)));
 #endif
-  for (; i < n; ++i) y[i] += a * fp16_to_fp32(h[i]);
+  for (; i < n; ++i) y[i] += a * kv16_to_fp32(h[i], kv_format);
 }
 
 #define KEY_CHUNK 128
@@ -277,11 +293,13 @@ static inline __m512 sum_lanes16(const __m512* a) {
   return _mm512_add_ps(_mm512_shuffle_ps(e[0], e[1], 0x44), _mm512_shuffle_ps(e[0], e[1], 0xEE));
 }
 
-/* 16 values of a cache row from element e: fp32, or fp16 widened; zeros where `live` is
- * clear (a masked key's row may hold NaN, and is not read). */
-static inline __m512 load16_kv(const void* row, int64_t e, int kv_half, __mmask16 live) {
-  if (kv_half) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(live, (const uint16_t*)row + e));
-  return _mm512_maskz_loadu_ps(live, (const float*)row + e);
+/* 16 values of a cache row from element e: fp32, or fp16 or bf16 widened; zeros where
+ * `live` is clear (a masked key's row may hold NaN, and is not read). */
+static inline __m512 load16_kv(const void* row, int64_t e, int kv_format, __mmask16 live) {
+  if (kv_format == KV_FP32) return _mm512_maskz_loadu_ps(live, (const float*)row + e);
+  const __m256i bits = _mm256_maskz_loadu_epi16(live, (const uint16_t*)row + e);
+  if (kv_format == KV_BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+  return _mm512_cvtph_ps(bits);
 }
 
 /* acc[0..nd) += sum over keys j of p[j] * v[j] (nd vectors of 16 per value row, rows
@@ -289,7 +307,7 @@ static inline __m512 load16_kv(const void* row, int64_t e, int kv_half, __mmask1
  * waits on its latency). A key whose p is 0 (masked) loads zeros instead of its row. */
 static inline __attribute__((always_inline)) void value_sums(const float* p, int64_t nj,
                                                              const char* v, int64_t row_bytes,
-                                                             int64_t nd, int kv_half,
+                                                             int64_t nd, int kv_format,
                                                              __m512* acc) {
   __m512 odd[8];
   for (int t = 0; t < 8; ++t) odd[t] = _mm512_setzero_ps();
@@ -302,15 +320,15 @@ static inline __attribute__((always_inline)) void value_sums(const float* p, int
     const char* v0 = v + j * row_bytes;
     const char* v1 = v0 + row_bytes;
     for (int64_t t = 0; t < nd; ++t) {
-      acc[t] = _mm512_fmadd_ps(p0, load16_kv(v0, 16 * t, kv_half, live0), acc[t]);
-      odd[t] = _mm512_fmadd_ps(p1, load16_kv(v1, 16 * t, kv_half, live1), odd[t]);
+      acc[t] = _mm512_fmadd_ps(p0, load16_kv(v0, 16 * t, kv_format, live0), acc[t]);
+      odd[t] = _mm512_fmadd_ps(p1, load16_kv(v1, 16 * t, kv_format, live1), odd[t]);
     }
   }
   if (j < nj) {
     const __m512 p0 = _mm512_set1_ps(p[j]);
     const __mmask16 live0 = _mm512_cmp_ps_mask(p0, zero, _CMP_NEQ_UQ);
     for (int64_t t = 0; t < nd; ++t)
-      acc[t] = _mm512_fmadd_ps(p0, load16_kv(v + j * row_bytes, 16 * t, kv_half, live0), acc[t]);
+      acc[t] = _mm512_fmadd_ps(p0, load16_kv(v + j * row_bytes, 16 * t, kv_format, live0), acc[t]);
   }
   for (int64_t t = 0; t < nd; ++t) acc[t] = _mm512_add_ps(acc[t], odd[t]);
 }
@@ -320,7 +338,7 @@ static inline __attribute__((always_inline)) void value_sums(const float* p, int
  * keys at a time, exp 16 at a time, the value sum in registers. */
 static void attend_group_avx512(const float* q, int64_t group, int64_t D, const char* kb,
                                 const char* vb, int64_t row_bytes, int64_t len,
-                                const float* mb, float scale, int kv_half, float* out) {
+                                const float* mb, float scale, int kv_format, float* out) {
   float scores[KEY_CHUNK] __attribute__((aligned(64)));
   const int64_t nd = D / 16;
   for (int64_t g = 0; g < group; ++g) {
@@ -338,12 +356,12 @@ static void attend_group_avx512(const float* q, int64_t group, int64_t D, const 
           const __m512 qv = _mm512_loadu_ps(qh + 16 * t);
           for (int i = 0; i < 16; ++i)
             a[i] = _mm512_fmadd_ps(
-                qv, load16_kv(kb + (j0 + j + KEY_ORDER[i]) * row_bytes, 16 * t, kv_half, 0xFFFF),
+                qv, load16_kv(kb + (j0 + j + KEY_ORDER[i]) * row_bytes, 16 * t, kv_format, 0xFFFF),
                 a[i]);
         }
         _mm512_store_ps(scores + j, _mm512_mul_ps(sum_lanes16(a), _mm512_set1_ps(scale)));
       }
-      for (; j < nj; ++j) scores[j] = dot_kv(qh, kb + (j0 + j) * row_bytes, D, kv_half) * scale;
+      for (; j < nj; ++j) scores[j] = dot_kv(qh, kb + (j0 + j) * row_bytes, D, kv_format) * scale;
       float m = -INFINITY;
       for (j = 0; j < nj; ++j) {
         /* A masked key's score is dropped whatever it is: past a sequence's end the rows
@@ -366,12 +384,14 @@ static void attend_group_avx512(const float* q, int64_t group, int64_t D, const 
       }
       run_sum += _mm512_reduce_add_ps(sums);
       /* head_dim 64: the loop specialized, its accumulators in registers */
-      if (nd == 4 && kv_half)
-        value_sums(scores, nj, vb + j0 * row_bytes, row_bytes, 4, 1, acc);
+      if (nd == 4 && kv_format == KV_FP16)
+        value_sums(scores, nj, vb + j0 * row_bytes, row_bytes, 4, KV_FP16, acc);
+      else if (nd == 4 && kv_format == KV_BF16)
+        value_sums(scores, nj, vb + j0 * row_bytes, row_bytes, 4, KV_BF16, acc);
       else if (nd == 4)
-        value_sums(scores, nj, vb + j0 * row_bytes, row_bytes, 4, 0, acc);
+        value_sums(scores, nj, vb + j0 * row_bytes, row_bytes, 4, KV_FP32, acc);
       else
-        value_sums(scores, nj, vb + j0 * row_bytes, row_bytes, nd, kv_half, acc);
+        value_sums(scores, nj, vb + j0 * row_bytes, row_bytes, nd, kv_format, acc);
       run_max = new_max;
     }
     const __m512 inv = _mm512_set1_ps(run_sum > 0.0f ? 1.0f / run_sum : 0.0f);
@@ -383,14 +403,14 @@ static void attend_group_avx512(const float* q, int64_t group, int64_t D, const 
 void tritium_decode_attention(const float* q, int64_t q_row_stride, int64_t B, int64_t H,
                               int64_t KVH, int64_t D, const void* k, const void* v,
                               int64_t stride_b, int64_t stride_h, int64_t stride_t, int64_t lo,
-                              int64_t n, const float* mask, float scale, int kv_half,
+                              int64_t n, const float* mask, float scale, int kv_format,
                               float* out) {
   /* q: B rows of H heads of D (row b at q + b * q_row_stride); k, v: [B, KVH, tokens, D]
-   * with the given strides (in elements: fp32, or fp16 when kv_half; D contiguous); each
+   * with the given strides (in elements of kv_format: fp32, fp16 or bf16; D contiguous); each
    * sequence attends to keys [lo, n), adding mask[b, j - lo] ([B, n - lo]) when given.
    * out: [B, H * D]. Online softmax over chunks of keys, in fp32. Requires H / KVH <=
    * MAX_GROUP and D <= MAX_HEAD_DIM (the caller checks). */
-  const int64_t group = H / KVH, len = n - lo, elt = kv_half ? 2 : 4;
+  const int64_t group = H / KVH, len = n - lo, elt = kv_format == KV_FP32 ? 4 : 2;
 #pragma omp parallel for schedule(static) collapse(2) if (B * H * len * D >= PARALLEL_WORK)
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t kh = 0; kh < KVH; ++kh) {
@@ -401,7 +421,7 @@ void tritium_decode_attention(const float* q, int64_t q_row_stride, int64_t B, i
 #ifdef HAVE_AVX512
       if (D % 16 == 0 && D <= 128) {
         attend_group_avx512(q + b * q_row_stride + kh * group * D, group, D, kb, vb, row_bytes,
-                            len, mb, scale, kv_half, out + b * H * D + kh * group * D);
+                            len, mb, scale, kv_format, out + b * H * D + kh * group * D);
         continue;
       }
 #endif
@@ -424,7 +444,7 @@ void tritium_decode_attention(const float* q, int64_t q_row_stride, int64_t B, i
               scores[j] = -INFINITY;
               continue;
             }
-            float s = dot_kv(qh, kb + (j0 + j) * row_bytes, D, kv_half) * scale;
+            float s = dot_kv(qh, kb + (j0 + j) * row_bytes, D, kv_format) * scale;
             if (mb) s += mb[j0 + j];
             scores[j] = s;
             if (s > m) m = s;
@@ -438,7 +458,7 @@ void tritium_decode_attention(const float* q, int64_t q_row_stride, int64_t B, i
             if (scores[j] == -INFINITY) continue; /* masked: its value row is not read */
             const float p = expf(scores[j] - new_max);
             run_sum[g] += p;
-            axpy_kv(acc[g], p, vb + (j0 + j) * row_bytes, D, kv_half);
+            axpy_kv(acc[g], p, vb + (j0 + j) * row_bytes, D, kv_format);
           }
           run_max[g] = new_max;
         }
@@ -456,7 +476,7 @@ void tritium_decode_attention(const float* q, int64_t q_row_stride, int64_t B, i
 
 /* A compact linear layer: kind 1 = int8 (codes int8, scales fp32 per row), 2 = q4, 3 = bf16
  * and 4 = fp16 (codes the 16-bit weights, no scales), 5 = q8 (codes int8, fp16 scales per
- * block of 32). */
+ * block of 32), 6 = bf16 weights with the inputs rounded to bf16 (dtype bfloat16). */
 typedef struct {
   int64_t kind, in_features, out_features;
   const void* codes;
@@ -485,7 +505,9 @@ static int run_linear(const TritiumLinear* l, const float* x, int64_t M, float* 
       return tritium_q4_linear(x, M, K, (const uint8_t*)l->codes, (const uint16_t*)l->scales,
                                l->bias, N, out, threads);
     case 3:
-      return tritium_bf16_linear(x, M, K, (const uint16_t*)l->codes, l->bias, N, out, threads);
+    case 6:
+      return tritium_bf16_linear(x, M, K, (const uint16_t*)l->codes, l->bias, N, out, threads,
+                                 l->kind == 6);
     case 5:
       return tritium_q8_linear(x, M, K, (const int8_t*)l->codes, (const uint16_t*)l->scales,
                                l->bias, N, out, threads);
@@ -499,14 +521,14 @@ static int run_linear(const TritiumLinear* l, const float* x, int64_t M, float* 
  * order as the layer's Python forward with the C ops, so the results are identical; one call
  * instead of ~40 Python-level operations. work: floats for h, qkv, attn and gate_up
  * (B * (hidden + qkv width + heads * head_dim + 3 * intermediate)). k/v pool, slots, dense
- * rows, strides, lo, n, mask and kv_half as for tritium_store_kv and
+ * rows, strides, lo, n, mask and kv_format (KV_FP32, KV_FP16, KV_BF16) as for tritium_store_kv and
  * tritium_decode_attention. */
 int tritium_decode_layer(const TritiumLayer* L, float* x, float* residual, int64_t B,
                          const float* cos, const float* sin, void* k_pool, void* v_pool,
                          const int64_t* slots, void* k_dense, void* v_dense,
                          const int64_t* rows, int64_t stride_b, int64_t stride_h,
                          int64_t stride_t, int64_t lo, int64_t n, const float* mask,
-                         int kv_half, float* work, int threads) {
+                         int kv_format, float* work, int threads) {
   const int64_t D = L->head_dim, qw = L->heads * D, kvw = L->kv_heads * D;
   const int64_t width = qw + 2 * kvw;
   float* h = work;
@@ -522,9 +544,9 @@ int tritium_decode_layer(const TritiumLayer* L, float* x, float* residual, int64
   }
   tritium_rope(qkv, B, width, L->heads + L->kv_heads, D, cos, sin);
   tritium_store_kv(qkv + qw, qkv + qw + kvw, B, width, kvw, k_pool, v_pool, slots, k_dense,
-                   v_dense, rows, B, kv_half);
+                   v_dense, rows, B, kv_format);
   tritium_decode_attention(qkv, width, B, L->heads, L->kv_heads, D, k_dense, v_dense, stride_b,
-                           stride_h, stride_t, lo, n, mask, L->scale, kv_half, attn);
+                           stride_h, stride_t, lo, n, mask, L->scale, kv_format, attn);
   if (run_linear(&L->o, attn, B, x, threads)) return -1;
   tritium_add_rms_norm(x, residual, L->post_norm, B, L->hidden, L->eps, h);
   if (run_linear(&L->gate_up, h, B, gate_up, threads)) return -1;

@@ -225,17 +225,43 @@ static void widen_tile_half(const uint16_t* w, int64_t K, int nr, float* wf, int
 
 enum { W_INT8 = 1, W_BF16 = 3, W_FP16 = 4 }; /* cpu_ops.c's TritiumLinear kinds */
 
+/* x rounded to bf16 (to nearest even), as floats: bf16 x bf16 products are exact in fp32,
+ * so the fp32 kernels then compute a bf16 matmul. */
+static void round_to_bf16(const float* x, int64_t n, float* out) {
+  int64_t i = 0;
+#ifdef HAVE_GEMV
+  const __m256i half = _mm256_set1_epi32(0x7FFF), one = _mm256_set1_epi32(1);
+  const __m256i top = _mm256_set1_epi32((int)0xFFFF0000u);
+  for (; i + 8 <= n; i += 8) {
+    const __m256i u = _mm256_castps_si256(_mm256_loadu_ps(x + i));
+    const __m256i even = _mm256_and_si256(_mm256_srli_epi32(u, 16), one);
+    const __m256i r = _mm256_and_si256(_mm256_add_epi32(u, _mm256_add_epi32(half, even)), top);
+    _mm256_storeu_ps(out + i, _mm256_castsi256_ps(r));
+  }
+#endif
+  for (; i < n; ++i) out[i] = bf16_to_fp32(fp32_to_bf16(x[i]));
+}
+
 /* The tile loop of the int8 and 16-bit formats: each thread takes tiles of NR weight rows;
  * one input row runs the format's gemv, several rows widen the tile to fp32 once in L1.
- * scale: int8's per output row; NULL for 16-bit weights. Returns 0, or -1 when a scratch
- * buffer cannot be allocated. */
+ * scale: int8's per output row; NULL for 16-bit weights. bf16_inputs: round the inputs to
+ * bf16 first (tritium_bf16_linear). Returns 0, or -1 when a scratch buffer cannot be
+ * allocated. */
 static int tiled_linear(int kind, const float* x, int64_t M, int64_t K, const void* w,
                         const float* scale, const float* bias, int64_t N, float* out,
-                        int nthreads) {
+                        int nthreads, int bf16_inputs) {
   static const float ones[NR] = {1.0f, 1.0f, 1.0f, 1.0f};
   const int64_t elt = kind == W_INT8 ? 1 : 2;
-  if (M > 1 && kind != W_FP16 && tritium_amx_enabled())
-    return tritium_amx_linear(kind == W_INT8, x, M, K, w, scale, bias, N, out, nthreads);
+  if (M > 1 && kind != W_FP16 && tritium_amx_enabled()) /* a rounded input is its own part */
+    return tritium_amx_linear(kind == W_INT8, bf16_inputs ? 1 : 3, x, M, K, w, scale, bias, N,
+                              out, nthreads);
+  float* rounded = NULL;
+  if (bf16_inputs) {
+    rounded = (float*)malloc(sizeof(float) * (size_t)(M * K));
+    if (!rounded) return -1;
+    round_to_bf16(x, M * K, rounded);
+    x = rounded;
+  }
   int failed = 0;
 #ifdef _OPENMP
   omp_set_num_threads(nthreads);
@@ -280,6 +306,7 @@ static int tiled_linear(int kind, const float* x, int64_t M, int64_t K, const vo
     }
     free(wf);
   }
+  free(rounded);
   return failed ? -1 : 0;
 }
 
@@ -287,17 +314,17 @@ static int tiled_linear(int kind, const float* x, int64_t M, int64_t K, const vo
 int tritium_int8_linear(const float* x, int64_t M, int64_t K, const int8_t* w,
                         const float* scale, const float* bias, int64_t N, float* out,
                         int nthreads) {
-  return tiled_linear(W_INT8, x, M, K, w, scale, bias, N, out, nthreads);
+  return tiled_linear(W_INT8, x, M, K, w, scale, bias, N, out, nthreads, 0);
 }
 
 int tritium_bf16_linear(const float* x, int64_t M, int64_t K, const uint16_t* w,
-                        const float* bias, int64_t N, float* out, int nthreads) {
-  return tiled_linear(W_BF16, x, M, K, w, 0, bias, N, out, nthreads);
+                        const float* bias, int64_t N, float* out, int nthreads, int bf16_inputs) {
+  return tiled_linear(W_BF16, x, M, K, w, 0, bias, N, out, nthreads, bf16_inputs);
 }
 
 int tritium_fp16_linear(const float* x, int64_t M, int64_t K, const uint16_t* w,
                         const float* bias, int64_t N, float* out, int nthreads) {
-  return tiled_linear(W_FP16, x, M, K, w, 0, bias, N, out, nthreads);
+  return tiled_linear(W_FP16, x, M, K, w, 0, bias, N, out, nthreads, 0);
 }
 
 #define QB 32 /* q4 values per block */

@@ -72,6 +72,25 @@ static inline uint16_t fp32_to_fp16(float f) {
   return sign | (uint16_t)hbits;
 }
 
+/* bf16 <-> float, one value: widening is exact (the top half of the float's bits);
+ * narrowing rounds to nearest even, as torch's .to(torch.bfloat16) does (NaN stays NaN). */
+static inline float bf16_to_fp32(uint16_t h) {
+  const uint32_t bits = (uint32_t)h << 16;
+  float f;
+  __builtin_memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+static inline uint16_t fp32_to_bf16(float f) {
+  uint32_t x;
+  __builtin_memcpy(&x, &f, sizeof x);
+  if ((x & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((x >> 16) | 0x40); /* quiet NaN */
+  return (uint16_t)((x + 0x7FFFu + ((x >> 16) & 1)) >> 16);
+}
+
+/* KV cache formats of cpu_ops.c (cpu_ops.py's _KV_FORMATS): rows of fp32, fp16 or bf16. */
+enum { KV_FP32 = 0, KV_FP16 = 1, KV_BF16 = 2 };
+
 /* out[M, N] = x[M, K] @ W^T + bias; 0, or -1 when a scratch buffer cannot be allocated. */
 int tritium_int8_linear(const float* x, int64_t M, int64_t K, const int8_t* w,
                         const float* scale, const float* bias, int64_t N, float* out,
@@ -82,13 +101,16 @@ int tritium_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* codes
 int tritium_q8_linear(const float* x, int64_t M, int64_t K, const int8_t* codes,
                       const uint16_t* d, const float* bias, int64_t N, float* out,
                       int nthreads);
+/* bf16_inputs: each input rounded to bf16 first, so the products are bf16's (exact in fp32)
+ * and the sums fp32's: dtype bfloat16's matmul. Else the inputs stay fp32 (fp32 math). */
 int tritium_bf16_linear(const float* x, int64_t M, int64_t K, const uint16_t* w,
-                        const float* bias, int64_t N, float* out, int nthreads);
+                        const float* bias, int64_t N, float* out, int nthreads, int bf16_inputs);
 int tritium_fp16_linear(const float* x, int64_t M, int64_t K, const uint16_t* w,
                         const float* bias, int64_t N, float* out, int nthreads);
 
 /* Several-row matmuls on AMX (amx_linear.c); tritium_amx_enabled() says whether they run
- * here. kind_int8: int8 weights with per-row scales, else bf16 weights (scale NULL). */
+ * here. kind_int8: int8 weights with per-row scales, else bf16 weights (scale NULL);
+ * parts: 3 for fp32 inputs (each split into three bf16 parts), 1 for inputs rounded to bf16. */
 int tritium_amx_enabled(void);
 int tritium_set_amx(int enable);
 /* q8: 0 for q4 codes with (d, m) pairs, 1 for q8 codes with one scale per block. */
@@ -98,8 +120,8 @@ int tritium_amx_block_linear(int q8, const float* x, int64_t M, int64_t K, const
 /* One input row to 8 bits per block of 32 (scales d, sums s = d * sum(q)), and back to fp32
  * into xf when given: the q4 kernels' inputs (quant_linear.c). */
 void tritium_quantize_row_q8(const float* x, int64_t K, int8_t* q, float* d, float* s, float* xf);
-int tritium_amx_linear(int kind_int8, const float* x, int64_t M, int64_t K, const void* w,
-                       const float* scale, const float* bias, int64_t N, float* out,
-                       int nthreads);
+int tritium_amx_linear(int kind_int8, int parts, const float* x, int64_t M, int64_t K,
+                       const void* w, const float* scale, const float* bias, int64_t N,
+                       float* out, int nthreads);
 
 #endif
