@@ -10,12 +10,17 @@ The formats are applied to transformers' own model, so only the arithmetic diffe
             per row, its inputs fp32
   int8      every weight re-rounded to int8 with a scale per row, fp32 inputs
 
+With --engine-kv DTYPES, the engine itself on the default GGUF (its q4/q8 kernels, its
+attention) scores the text through prompt_logprobs, once per KV cache dtype: what a 16-bit
+cache costs, and a check that the engine computes what the "q4/q8" row does.
+
 With --gguf FILE, another GGUF of the same model (its own weights the reference), and
 the choice for its wider types (Q5_*, Q6_K): the engine's default (int8 per row, fp32
 inputs) against q8 (8-bit blocks, 8-bit inputs); 4-bit and Q8_0 tensors run on their own
 blocks with 8-bit inputs in both.
 
     python benchmarks/quant_quality_cpu.py [--tokens 1500] [--gguf FILE]
+        [--engine-kv auto,float16,bfloat16]
 """
 
 from __future__ import annotations
@@ -50,6 +55,11 @@ def main() -> None:
     ap.add_argument(
         "--gguf", help="another GGUF file of SmolLM2: compare int8 and q8 for its wider types"
     )
+    ap.add_argument(
+        "--engine-kv",
+        default="",
+        help="comma list of kv_cache_dtype values: also score the text with the engine, each",
+    )
     args = ap.parse_args()
     from transformers import AutoModelForCausalLM
 
@@ -77,7 +87,22 @@ def main() -> None:
     for m in list(hooks):
         to_int8(m)
     results["int8"] = mean_nll(model, ids)
+    for kv in filter(None, args.engine_kv.split(",")):
+        results[f"engine kv {kv}"] = engine_nll(ids[0].tolist(), kv)
     report(results)
+
+
+def engine_nll(ids: list[int], kv_cache_dtype: str) -> float:
+    """Mean log-loss of `ids` as the engine scores them (prompt_logprobs), on the default
+    GGUF in its default formats, with this KV cache dtype."""
+    from tritium.engine import LLM, SamplingParams
+
+    llm = LLM("smollm2", kv_cache_dtype=kv_cache_dtype, max_model_len=len(ids) + 16)
+    params = SamplingParams(max_tokens=1, prompt_logprobs=0)
+    out = llm.generate([{"prompt_token_ids": ids}], params, use_tqdm=False)[0]
+    assert out.prompt_logprobs is not None
+    scored = [e[t].logprob for t, e in zip(ids[1:], out.prompt_logprobs[1:], strict=True) if e]
+    return -sum(scored) / len(scored)
 
 
 def wider_types(model: torch.nn.Module, path: Path, ids: torch.Tensor) -> dict[str, float]:
@@ -118,10 +143,10 @@ def wider_types(model: torch.nn.Module, path: Path, ids: torch.Tensor) -> dict[s
 
 def report(results: dict[str, float]) -> None:
     base = results["file"]
-    print(f"{'format':<9}{'log-loss':>10}{'perplexity':>12}{'vs file':>10}")
+    print(f"{'format':<20}{'log-loss':>10}{'perplexity':>12}{'vs file':>10}")
     for name, nll in results.items():
         rel = (nll - base) / base * 100
-        print(f"{name:<9}{nll:>10.4f}{torch.tensor(nll).exp().item():>12.3f}{rel:>+9.2f}%")
+        print(f"{name:<20}{nll:>10.4f}{torch.tensor(nll).exp().item():>12.3f}{rel:>+9.2f}%")
 
 
 if __name__ == "__main__":

@@ -320,6 +320,52 @@ def test_openai_completions(server: RunningServer) -> None:
     assert "temperature" in str(info.value)
 
 
+def test_openai_echo_scores_the_prompt_as_an_eval_harness_asks(server: RunningServer) -> None:
+    """lm-eval's loglikelihood request (echo, logprobs, one greedy token): the prompt's
+    tokens with their logprobs (the first has none) before the generated one's, streamed
+    or not, for a text or token-id prompt; and a likely ending outscores an unlikely one."""
+    c = openai.OpenAI(base_url=f"{server.http_url}/v1", api_key="x")
+    ask = {"model": "smollm2", "max_tokens": 1, "temperature": 0, "logprobs": 2, "echo": True}
+
+    def score(prompt):
+        r = c.completions.create(prompt=prompt, **ask)
+        lp, n = r.choices[0].logprobs, r.usage.prompt_tokens
+        assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == n + 1
+        assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+        assert all(x <= 0 for x in lp.token_logprobs[1:])
+        assert all(len(top) == 2 for top in lp.top_logprobs[1:])
+        if isinstance(prompt, str):
+            assert r.choices[0].text.startswith(prompt)
+            assert "".join(lp.tokens[:n]) == prompt
+            assert lp.text_offset[n] == len(prompt)
+        # the generated token: the same numbers as without echo
+        plain = c.completions.create(prompt=prompt, **{**ask, "echo": False}).choices[0]
+        assert plain.logprobs.token_logprobs[0] == pytest.approx(lp.token_logprobs[n], abs=1e-5)
+        return r
+
+    paris = score("The capital of France is Paris")
+    banana = score("The capital of France is banana")
+    n = paris.usage.prompt_tokens
+    assert (
+        paris.choices[0].logprobs.token_logprobs[n - 1]
+        > (banana.choices[0].logprobs.token_logprobs[banana.usage.prompt_tokens - 1])
+    )
+    from tritium.engine.loader import load_checkpoint
+
+    tokenizer = load_checkpoint("smollm2", progress=False).tokenizer
+    ids = tokenizer.encode("The capital of France is Paris")  # as lm-eval sends a prompt
+    by_ids = score(ids).choices[0].logprobs.token_logprobs
+    assert by_ids[0] is None
+    assert by_ids[1:] == pytest.approx(paris.choices[0].logprobs.token_logprobs[1:], abs=1e-5)
+    streamed = [
+        x
+        for ch in c.completions.create(prompt="The capital of France is Paris", stream=True, **ask)
+        for x in (ch.choices[0].logprobs.token_logprobs if ch.choices[0].logprobs else [])
+    ]
+    assert streamed[0] is None
+    assert streamed[1:] == pytest.approx(paris.choices[0].logprobs.token_logprobs[1:], abs=1e-5)
+
+
 def test_greedy_is_deterministic(server: RunningServer) -> None:
     c = openai.OpenAI(base_url=f"{server.http_url}/v1", api_key="x")
     texts = {

@@ -56,12 +56,17 @@ class BlockManager:
 
     def get_computed_blocks(self, seq: Sequence) -> list[int]:
         """The longest cached prefix of a new sequence's full blocks, leaving at least one
-        token to compute (the model must run on the last token to sample the next)."""
+        token to compute (the model must run on the last token to sample the next). A
+        sequence that wants prompt logprobs reuses none of the prompt positions it has no
+        logprobs for yet: those must run through the model."""
         if not self.enable_prefix_caching:
             return []
         self._update_hashes(seq)
+        usable = seq.num_tokens - 1
+        if seq.params.prompt_logprobs is not None:
+            usable = min(usable, seq.num_prompt_logprobs)
         blocks: list[int] = []
-        for h in seq.block_hashes[: (seq.num_tokens - 1) // self.block_size]:
+        for h in seq.block_hashes[: usable // self.block_size]:
             b = self.hash_to_block.get(h)
             if b is None:
                 break

@@ -230,12 +230,16 @@ class EngineCore:
             for s, n in zip(sched.seqs, sched.num_new_tokens, strict=True)
         )
         result = self.runner.execute(sched)
+        for seq, entries in result.prompt_logprobs:  # sent with the first token
+            seq.pending_prompt_logprobs += entries
+            seq.num_prompt_logprobs += len(entries)
         updates = self.scheduler.update(sched, result.token_ids)
         lp_of = {id(s): lp for s, lp in zip(result.seqs, result.logprobs, strict=True)}
         outputs = []
         for u in updates:
             seq = u.seq
             lp = lp_of.get(id(seq))
+            prompt_lps, seq.pending_prompt_logprobs = seq.pending_prompt_logprobs, []
             outputs.append(
                 EngineCoreOutput(
                     request_id=seq.request_id,
@@ -243,6 +247,7 @@ class EngineCore:
                     new_logprobs=[lp] if lp is not None else None,
                     finish_reason=seq.finish_reason if u.finished else None,
                     stop_reason=seq.stop_reason if u.finished else None,
+                    new_prompt_logprobs=prompt_lps or None,
                 )
             )
         st = self.stats

@@ -7,6 +7,10 @@ import msgspec
 
 from tritium.engine.sampling_params import SamplingParams
 
+#: One token's logprobs as the core reports them: (token ids, logprobs, rank of the first
+#: id), the scored token first (sampled, or the prompt's), then the top k.
+TokenLogprobs = tuple[list[int], list[float], int]
+
 
 class EngineCoreRequest(msgspec.Struct, array_like=True, omit_defaults=True):
     """A tokenized request for the core (one per sample: n>1 is fanned out by the frontend)."""
@@ -22,11 +26,13 @@ class EngineCoreOutput(msgspec.Struct, array_like=True, omit_defaults=True):
 
     request_id: str
     new_token_ids: list[int]
-    # Per new token: (token ids, logprobs, rank); the sampled token first, then the top k.
-    new_logprobs: list[tuple[list[int], list[float], int]] | None = None
+    new_logprobs: list[TokenLogprobs] | None = None  # per new token
     finish_reason: str | None = None  # "stop" | "length" | "abort"
     stop_reason: int | str | None = None
     num_cached_tokens: int = 0
+    # prompt_logprobs, as new_logprobs, for prompt tokens 1.. (token 0 has none): all of
+    # them with a request's first token.
+    new_prompt_logprobs: list[TokenLogprobs] | None = None
 
 
 class SchedulerStats(msgspec.Struct, omit_defaults=True):

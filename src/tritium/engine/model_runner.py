@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -24,8 +24,9 @@ from tritium.engine.layers.linear import (
     store_embeddings,
     weight_formats,
 )
-from tritium.engine.layers.sampler import Sampler, SamplingMetadata
+from tritium.engine.layers.sampler import Sampler, SamplingMetadata, gather_logprobs
 from tritium.engine.loader.prepared import PreparedWeights, worth_caching
+from tritium.engine.messages import TokenLogprobs
 from tritium.engine.models import build_model
 from tritium.engine.scheduler import SchedulerOutput
 from tritium.engine.sequence import Sequence
@@ -38,7 +39,26 @@ class StepResult:
     seqs: list[Sequence]
     token_ids: list[int]
     # Per sampled row: (token ids, logprobs, rank of the sampled token) or None.
-    logprobs: list[tuple[list[int], list[float], int] | None]
+    logprobs: list[TokenLogprobs | None]
+    # The sequences that want prompt logprobs and computed prompt positions this step:
+    # those positions' (token ids, logprobs, rank), in order, from num_prompt_logprobs on.
+    prompt_logprobs: list[tuple[Sequence, list[TokenLogprobs]]] = field(default_factory=list)
+
+
+#: Prompt positions whose logits are computed at once for prompt_logprobs (a position's
+#: fp32 logits take vocab_size * 4 bytes).
+PROMPT_LOGPROBS_ROWS = 256
+
+
+def first_rows(num_new_tokens: list[int]) -> list[int]:
+    """Where each scheduled sequence's tokens start in a step's flattened batch: the
+    single-token queries first, then the prompt chunks, each in scheduling order (how
+    ModelRunner._prepare and GpuExecutor.prepare lay a step out)."""
+    rows, row = [0] * len(num_new_tokens), 0
+    for i in sorted(range(len(num_new_tokens)), key=lambda i: num_new_tokens[i] != 1):
+        rows[i] = row
+        row += num_new_tokens[i]
+    return rows
 
 
 class ModelRunner:
@@ -187,13 +207,14 @@ class ModelRunner:
         else:
             ids, positions, meta, sample_rows, sample_seqs = self._prepare(out)
             hidden = self.model(ids, positions, meta)
+        prompt_logprobs = self._prompt_logprobs(out, hidden)
         if not sample_rows:
-            return StepResult([], [], [])
+            return StepResult([], [], [], prompt_logprobs)
         logits = self.model.compute_logits(hidden[sample_rows])
         md = SamplingMetadata.build(sample_seqs, self.vocab_size, self.device)
         so = self.sampler(logits, md)
         tokens = so.token_ids.tolist()
-        logprobs: list[tuple[list[int], list[float], int] | None] = [None] * len(tokens)
+        logprobs: list[TokenLogprobs | None] = [None] * len(tokens)
         if so.logprobs is not None:
             # The sampler sets logprob_token_ids and ranks whenever it sets logprobs.
             assert so.logprob_token_ids is not None and so.ranks is not None
@@ -206,7 +227,34 @@ class ModelRunner:
                 k = seq.params.logprobs
                 if k is not None:
                     logprobs[i] = (lp_ids[i][: k + 1], lp[i][: k + 1], ranks[i])
-        return StepResult(sample_seqs, tokens, logprobs)
+        return StepResult(sample_seqs, tokens, logprobs, prompt_logprobs)
+
+    def _prompt_logprobs(
+        self, out: SchedulerOutput, hidden: torch.Tensor
+    ) -> list[tuple[Sequence, list[TokenLogprobs]]]:
+        """The prompt logprobs this step's rows give: position p's logits score prompt token
+        p + 1 (the last prompt position samples instead). Positions a preempted sequence
+        already reported are not reported again; the prefix cache never skips positions
+        not yet reported (BlockManager.get_computed_blocks), so they follow on."""
+        found = []
+        rows: list[int] | None = None
+        for i, (seq, n) in enumerate(zip(out.seqs, out.num_new_tokens, strict=True)):
+            k = seq.params.prompt_logprobs
+            start = max(seq.num_computed_tokens, seq.num_prompt_logprobs)
+            end = min(seq.num_computed_tokens + n, seq.num_prompt_tokens - 1)
+            if k is None or start >= end:
+                continue
+            rows = rows or first_rows(out.num_new_tokens)
+            first = rows[i] - seq.num_computed_tokens  # the row of position 0
+            entries: list[TokenLogprobs] = []
+            for a in range(start, end, PROMPT_LOGPROBS_ROWS):
+                b = min(a + PROMPT_LOGPROBS_ROWS, end)
+                logits = self.model.compute_logits(hidden[first + a : first + b]).float()
+                targets = torch.tensor(seq.token_ids[a + 1 : b + 1], device=self.device)
+                lps, ids, ranks = gather_logprobs(torch.log_softmax(logits, dim=-1), targets, k)
+                entries += zip(ids.tolist(), lps.tolist(), ranks.tolist(), strict=True)
+            found.append((seq, entries))
+        return found
 
     def _prepare(self, out: SchedulerOutput):
         """Flatten the batch: single-token queries first (batched decode attention), then

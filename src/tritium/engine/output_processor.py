@@ -8,7 +8,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from tritium.engine.detokenizer import IncrementalDetokenizer
-from tritium.engine.messages import EngineCoreOutput, EngineCoreRequest
+from tritium.engine.messages import EngineCoreOutput, EngineCoreRequest, TokenLogprobs
 from tritium.engine.outputs import CompletionOutput, Logprob, RequestOutput
 from tritium.engine.sampling_params import RequestOutputKind, SamplingParams
 
@@ -36,6 +36,9 @@ class RequestState:
     prompt_token_ids: list[int]
     params: SamplingParams
     samples: list[SampleState]
+    # prompt_logprobs: [None] (the first token), then what the core sends; None if unasked.
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = None
+    sent_prompt_logprobs: bool = False
 
     @property
     def finished(self) -> bool:
@@ -64,7 +67,10 @@ class OutputProcessor:
         samples, core_reqs = [], []
         for i in range(params.n):
             core_id = request_id if params.n == 1 else f"{i}_{request_id}"
-            child = dataclasses.replace(params, n=1)
+            # One core request scores the prompt for all n: the same numbers.
+            child = dataclasses.replace(
+                params, n=1, prompt_logprobs=params.prompt_logprobs if i == 0 else None
+            )
             if params.n > 1 and params.seed is not None:
                 child.seed = params.seed + i  # distinct but reproducible samples
             sample = SampleState(
@@ -75,6 +81,8 @@ class OutputProcessor:
             samples.append(sample)
             core_reqs.append(EngineCoreRequest(core_id, list(prompt_token_ids), child, priority))
         state = RequestState(request_id, prompt, list(prompt_token_ids), params, samples)
+        if params.prompt_logprobs is not None:
+            state.prompt_logprobs = [None]
         self.requests[request_id] = state
         for s in samples:
             self._by_core_id[s.core_id] = (state, s)
@@ -113,6 +121,8 @@ class OutputProcessor:
             s.token_ids += o.new_token_ids
             if s.logprobs is not None and o.new_logprobs:
                 self._add_logprobs(s, o.new_logprobs)
+            if state.prompt_logprobs is not None and o.new_prompt_logprobs:
+                state.prompt_logprobs += map(self._logprob_entry, o.new_prompt_logprobs)
             stop_token = o.finish_reason == "stop"  # the core stops only on tokens
             stop_str = None
             if state.params.detokenize:
@@ -130,14 +140,19 @@ class OutputProcessor:
                 results.append(result)
         return results, to_abort
 
-    def _add_logprobs(self, s: SampleState, new: list[tuple[list[int], list[float], int]]) -> None:
+    def _add_logprobs(self, s: SampleState, new: list[TokenLogprobs]) -> None:
         assert s.logprobs is not None and s.cumulative_logprob is not None
-        for ids, lps, rank in new:
-            entry = {ids[0]: Logprob(lps[0], rank, self.tokenizer.decode([ids[0]]))}
-            for r, (tid, lp) in enumerate(zip(ids[1:], lps[1:], strict=True), start=1):
-                entry.setdefault(tid, Logprob(lp, r, self.tokenizer.decode([tid])))
-            s.logprobs.append(entry)
-            s.cumulative_logprob += lps[0]
+        for token in new:
+            s.logprobs.append(self._logprob_entry(token))
+            s.cumulative_logprob += token[1][0]
+
+    def _logprob_entry(self, token: TokenLogprobs) -> dict[int, Logprob]:
+        """{token id: Logprob} for the scored token and the top k, with their text."""
+        ids, lps, rank = token
+        entry = {ids[0]: Logprob(lps[0], rank, self.tokenizer.decode([ids[0]]))}
+        for r, (tid, lp) in enumerate(zip(ids[1:], lps[1:], strict=True), start=1):
+            entry.setdefault(tid, Logprob(lp, r, self.tokenizer.decode([tid])))
+        return entry
 
     def _make_output(self, state: RequestState, s: SampleState) -> RequestOutput | None:
         kind = state.params.output_kind
@@ -154,9 +169,14 @@ class OutputProcessor:
             completions = [self._completion(s, delta=True)]
         else:
             completions = [self._completion(x, delta=False) for x in state.samples]
-        return RequestOutput(
+        out = RequestOutput(
             state.request_id, state.prompt, state.prompt_token_ids, completions, finished
         )
+        lps = state.prompt_logprobs
+        complete = lps is not None and len(lps) == len(state.prompt_token_ids)
+        if complete and (kind != RequestOutputKind.DELTA or not state.sent_prompt_logprobs):
+            out.prompt_logprobs, state.sent_prompt_logprobs = list(lps or ()), True
+        return out
 
     def _completion(self, s: SampleState, delta: bool) -> CompletionOutput:
         done = s.finish_reason is not None

@@ -41,3 +41,6 @@ class RequestOutput:
     outputs: list[CompletionOutput] = field(default_factory=list)
     finished: bool = False
     num_cached_tokens: int = 0
+    # With SamplingParams.prompt_logprobs: per prompt token, its logprob and the top k
+    # (None for the first, which nothing predicts). Delta outputs carry them once.
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = None

@@ -34,7 +34,7 @@ class SamplingParams:
     max_tokens: int | None = 16
     min_tokens: int = 0
     logprobs: int | None = None  # number of top logprobs besides the sampled token
-    prompt_logprobs: int | None = None  # accepted only as None
+    prompt_logprobs: int | None = None  # per prompt token: its logprob and the top k
     detokenize: bool = True
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
@@ -89,8 +89,8 @@ class SamplingParams:
             )
         if self.logprobs is not None and self.logprobs < 0:
             raise ValueError(f"logprobs must be non-negative, got {self.logprobs}.")
-        if self.prompt_logprobs is not None:
-            raise ValueError("prompt_logprobs is not supported by this engine.")
+        if self.prompt_logprobs is not None and self.prompt_logprobs < 0:
+            raise ValueError(f"prompt_logprobs must be non-negative, got {self.prompt_logprobs}.")
         if any(not s for s in self.stop):  # type: ignore[union-attr]
             raise ValueError("stop strings must not be empty.")
         if self.seed is not None and not -(2**63) <= self.seed < 2**64:

@@ -6,6 +6,7 @@ import enum
 
 import torch
 
+from tritium.engine.messages import TokenLogprobs
 from tritium.engine.sampling_params import SamplingParams
 
 
@@ -44,6 +45,10 @@ class Sequence:
         self.finish_reason: str | None = None
         self.stop_reason: int | str | None = None
         self.num_preemptions = 0
+        # prompt_logprobs: how many prompt positions have theirs (position p: the logprob
+        # of prompt token p + 1), and those not yet sent, as the sampler's tuples.
+        self.num_prompt_logprobs = 0
+        self.pending_prompt_logprobs: list[TokenLogprobs] = []
         # Per-request RNG, so a seeded request samples the same tokens in any batch.
         self.generator: torch.Generator | None = None
 

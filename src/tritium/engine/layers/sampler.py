@@ -101,6 +101,24 @@ class SamplerOutput:
     ranks: torch.Tensor | None = None  # [B] rank of the sampled token (1 = most likely)
 
 
+def gather_logprobs(
+    logprobs: torch.Tensor, tokens: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For rows of log-probabilities [B, V] and a token per row [B]: (logprobs [B, 1 + k],
+    token ids [B, 1 + k], ranks [B]): the token's, then the row's top k, and the token's
+    rank (1 = most likely)."""
+    chosen = logprobs.gather(1, tokens.unsqueeze(1))
+    ranks = (logprobs > chosen).sum(dim=1) + 1
+    if k <= 0:
+        return chosen, tokens.unsqueeze(1), ranks
+    top_lp, top_ids = logprobs.topk(k, dim=-1)
+    return (
+        torch.cat([chosen, top_lp], dim=1),
+        torch.cat([tokens.unsqueeze(1), top_ids], dim=1),
+        ranks,
+    )
+
+
 class Sampler:
     """Turns the last-token logits of each row into one token id."""
 
@@ -112,14 +130,9 @@ class Sampler:
         tokens = argmax(logits) if md.all_greedy else self._sample(logits, md)
         out = SamplerOutput(tokens)
         if raw_logprobs is not None:
-            sampled = raw_logprobs.gather(1, tokens.unsqueeze(1))
-            out.ranks = (raw_logprobs > sampled).sum(dim=1) + 1
-            if md.max_logprobs > 0:
-                top_lp, top_ids = raw_logprobs.topk(md.max_logprobs, dim=-1)
-                out.logprobs = torch.cat([sampled, top_lp], dim=1)
-                out.logprob_token_ids = torch.cat([tokens.unsqueeze(1), top_ids], dim=1)
-            else:
-                out.logprobs, out.logprob_token_ids = sampled, tokens.unsqueeze(1)
+            out.logprobs, out.logprob_token_ids, out.ranks = gather_logprobs(
+                raw_logprobs, tokens, md.max_logprobs
+            )
         return out
 
     def _sample(self, logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:

@@ -6,6 +6,7 @@ the OpenAI API reference (completions, chat completions) as vLLM's server answer
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from typing import Any
@@ -53,6 +54,8 @@ def sampling_params(body: dict[str, Any], chat: bool) -> SamplingParams:
         _check_type(body, "logprobs", (int,), "an integer")
         if body.get("logprobs") is not None:
             values["logprobs"] = body["logprobs"]
+            if body.get("echo"):  # the echoed prompt's tokens come with theirs, as in vLLM
+                values["prompt_logprobs"] = body["logprobs"]
     if values.get("n", 1) < 1:
         raise invalid_arg(f"'n' must be at least 1, got {values['n']}")
     return sampling_params_from_dict(values, strict=True)
@@ -142,6 +145,43 @@ def chat_logprobs(c: CompletionOutput, top: int) -> dict[str, Any] | None:
     return {"content": content}
 
 
+def echo_logprobs(out: RequestOutput, top: int, echo: str) -> dict[str, Any] | None:
+    """The echoed prompt's part of a completion's logprobs (its first token has none), or
+    None without prompt logprobs. The first token's text is what the echo has before the
+    others' (the engine scores nothing for it, so it does not decode it)."""
+    entries = out.prompt_logprobs
+    if not entries:
+        return None
+    scored = [
+        (_sampled(entry, token), entry)
+        for token, entry in zip(out.prompt_token_ids[1:], entries[1:], strict=True)
+        if entry is not None
+    ]
+    rest = "".join(s.decoded_token or "" for s, _ in scored)
+    tokens = [echo[: len(echo) - len(rest)] if echo.endswith(rest) else ""]
+    tokens += [s.decoded_token or "" for s, _ in scored]
+    offsets = [0, *itertools.accumulate(len(t) for t in tokens[:-1])]
+    return {
+        "tokens": tokens,
+        "token_logprobs": [None] + [s.logprob for s, _ in scored],
+        "top_logprobs": [None]
+        + [
+            {(t.decoded_token or ""): t.logprob for t in _top(e, top)} if top else None
+            for _, e in scored
+        ],
+        "text_offset": offsets,
+    }
+
+
+def join_logprobs(
+    first: dict[str, Any] | None, then: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """Two parts of a completion's logprobs (the echoed prompt's, the output's) as one."""
+    if first is None or then is None:
+        return then if first is None else first
+    return {key: first[key] + then[key] for key in first}
+
+
 def completion_logprobs(c: CompletionOutput, top: int, offset: int) -> dict[str, Any] | None:
     if c.logprobs is None:
         return None
@@ -177,12 +217,13 @@ def completion_response(
     out: RequestOutput, model: str, params: SamplingParams, echo: str | None
 ) -> dict[str, Any]:
     top = params.logprobs or 0
+    prompt = echo_logprobs(out, top, echo) if echo is not None else None
     choices = []
     for c in sorted(out.outputs, key=lambda c: c.index):
         text = (echo or "") + c.text
         choices.append({
             "index": c.index, "text": text,
-            "logprobs": completion_logprobs(c, top, len(echo or "")),
+            "logprobs": join_logprobs(prompt, completion_logprobs(c, top, len(echo or ""))),
             "finish_reason": finish_reason(c), "stop_reason": c.stop_reason,
         })  # fmt: skip
     n_out = sum(len(c.token_ids) for c in out.outputs)

@@ -189,6 +189,7 @@ class _Chunks:
         self.object = "chat.completion.chunk" if chat else "text_completion"
         self.top = params.logprobs or 0
         self.echo = echo
+        self.prompt_logprobs: dict[str, Any] | None = None  # the echo's, once they come
         self.started: set[int] = set()
         self.offsets: dict[int, int] = {}
 
@@ -215,14 +216,17 @@ class _Chunks:
                                         "logprobs": protocol.chat_logprobs(c, self.top),
                                         "finish_reason": reason}]))  # fmt: skip
             else:
-                text = c.text
+                text, prompt = c.text, None
+                if self.echo is not None and out.prompt_logprobs:
+                    self.prompt_logprobs = protocol.echo_logprobs(out, self.top, self.echo)
                 if c.index not in self.started:
                     self.started.add(c.index)
-                    text = (self.echo or "") + text
+                    text, prompt = (self.echo or "") + text, self.prompt_logprobs
                 offset = self.offsets.get(c.index, 0)
                 self.offsets[c.index] = offset + len(text)
+                lps = protocol.completion_logprobs(c, self.top, offset + len(text) - len(c.text))
                 docs.append(self._doc([{"index": c.index, "text": text,
-                                        "logprobs": protocol.completion_logprobs(c, self.top, offset),
+                                        "logprobs": protocol.join_logprobs(prompt, lps),
                                         "finish_reason": reason}]))  # fmt: skip
         return docs
 
