@@ -148,7 +148,7 @@ def main() -> None:
     ap.add_argument(
         "--kv-cache-dtype",
         default="auto",
-        help="the engine's KV cache dtype (auto: its compute dtype; float16 halves the cache)",
+        help="the engine's KV cache dtype (auto: the compute dtype, float16 for quantized weights)",
     )
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--num-prompts", type=int, default=20)

@@ -91,12 +91,22 @@ def test_kv_cache_dtype_errors(kwargs: dict, message: str) -> None:
         resolve_kv_cache_dtype(args, dtype)
 
 
-def test_auto_is_the_compute_dtype() -> None:
+def test_auto_is_the_compute_dtype_or_fp16_under_quantized_weights() -> None:
     args = EngineArgs(model="m", device="cpu")
     assert resolve_kv_cache_dtype(args, torch.float32) == torch.float32
     assert resolve_kv_cache_dtype(args, torch.bfloat16) == torch.bfloat16
     half = EngineArgs(model="m", device="cpu", kv_cache_dtype="float16")
     assert resolve_kv_cache_dtype(half, torch.bfloat16) == torch.float16
+    # A model with quantized weights on CPU keeps fp16 by default, as llama.cpp does.
+    assert resolve_kv_cache_dtype(args, torch.float32, "q4") == torch.float16
+    mixed = {"a.weight": "q4", "b.weight": "q8", "c.weight": "int8"}
+    assert resolve_kv_cache_dtype(args, torch.float32, mixed) == torch.float16
+    assert resolve_kv_cache_dtype(args, torch.float32, {"a.weight": "bf16"}) == torch.float32
+    assert resolve_kv_cache_dtype(args, torch.bfloat16, "bf16") == torch.bfloat16
+    explicit = EngineArgs(model="m", device="cpu", kv_cache_dtype="float32")
+    assert resolve_kv_cache_dtype(explicit, torch.float32, "q4") == torch.float32
+    cuda = EngineArgs(model="m", device="cuda")
+    assert resolve_kv_cache_dtype(cuda, torch.bfloat16, None) == torch.bfloat16
     # On CPU the C ops read a bf16 cache under fp32 math too.
     bf16 = EngineArgs(model="m", device="cpu", kv_cache_dtype="bfloat16", dtype="float32")
     assert resolve_kv_cache_dtype(bf16, torch.float32) == torch.bfloat16

@@ -373,6 +373,7 @@ def test_a_quantized_model_computes_in_fp32_on_a_cpu_with_native_bf16(monkeypatc
     llm = LLM("smollm2", device="cpu")
     runner = llm.engine_core.runner
     assert runner.dtype == torch.float32 and runner.quantization == "q4 x120, q8 x1"
+    assert runner.kv_dtype == torch.float16  # llama.cpp's default cache type
     # Streamed from the file in fp32 into q4/q8: never through bf16, nor through a copy.
     assert converted == []
     # Asked for, bf16 is what it gets; and an unquantized model keeps 'auto' = bf16.

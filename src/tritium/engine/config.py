@@ -73,8 +73,9 @@ class EngineArgs:
     # 16-bit float weights stay 16-bit under fp32 math); one of CPU_WEIGHT_FORMATS: that
     # format for every weight; "none": every weight in `dtype`.
     quantization: str | None = None
-    # auto: the compute dtype; float16 on CPU under fp32 math holds twice the tokens in the
-    # same kv_cache_memory_bytes (llama.cpp's default cache). On CUDA only the compute dtype.
+    # auto: the compute dtype, or float16 for quantized weights on CPU (llama.cpp's default
+    # cache type); a 16-bit cache on CPU under fp32 math holds twice the tokens in the same
+    # kv_cache_memory_bytes. On CUDA only the compute dtype.
     kv_cache_dtype: str = "auto"  # auto | float16 | bfloat16 | float32
     trust_remote_code: bool = False  # accepted for vLLM compatibility, ignored
     disable_log_stats: bool = True
