@@ -364,6 +364,24 @@ def test_openai_echo_scores_the_prompt_as_an_eval_harness_asks(server: RunningSe
     ]
     assert streamed[0] is None
     assert streamed[1:] == pytest.approx(paris.choices[0].logprobs.token_logprobs[1:], abs=1e-5)
+    # max_tokens 0 with echo: the prompt scored, nothing generated (streamed or not).
+    n = paris.usage.prompt_tokens
+    only = c.completions.create(prompt="The capital of France is Paris", **{**ask, "max_tokens": 0})
+    assert only.choices[0].text == "The capital of France is Paris"
+    assert only.usage.completion_tokens == 0 and only.choices[0].finish_reason == "length"
+    scored = only.choices[0].logprobs.token_logprobs
+    assert len(scored) == n and scored[0] is None
+    assert scored[1:] == pytest.approx(paris.choices[0].logprobs.token_logprobs[1:n], abs=1e-5)
+    chunks = list(
+        c.completions.create(
+            prompt="The capital of France is Paris", stream=True,
+            stream_options={"include_usage": True}, **{**ask, "max_tokens": 0},
+        )
+    )  # fmt: skip
+    assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == only.choices[0].text
+    assert chunks[-1].usage.completion_tokens == 0
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        c.completions.create(model="smollm2", prompt="Hello", max_tokens=0)
 
 
 def test_greedy_is_deterministic(server: RunningServer) -> None:

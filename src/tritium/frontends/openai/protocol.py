@@ -6,6 +6,7 @@ the OpenAI API reference (completions, chat completions) as vLLM's server answer
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 import uuid
@@ -51,6 +52,8 @@ def sampling_params(body: dict[str, Any], chat: bool) -> SamplingParams:
             raise invalid_arg("'top_logprobs' requires 'logprobs' to be true")
     else:
         values["max_tokens"] = body.get("max_tokens", 16)
+        if values["max_tokens"] == 0 and body.get("echo"):
+            values["max_tokens"] = 1  # scoring the prompt alone: prompt_only drops the token
         _check_type(body, "logprobs", (int,), "an integer")
         if body.get("logprobs") is not None:
             values["logprobs"] = body["logprobs"]
@@ -171,6 +174,26 @@ def echo_logprobs(out: RequestOutput, top: int, echo: str) -> dict[str, Any] | N
         ],
         "text_offset": offsets,
     }
+
+
+def scores_prompt_only(body: dict[str, Any]) -> bool:
+    """Whether a completions body asks to score its prompt and generate nothing (echo with
+    max_tokens 0, as OpenAI's legacy API and vLLM accept it)."""
+    return bool(body.get("echo")) and body.get("max_tokens") == 0
+
+
+def prompt_only(out: RequestOutput) -> RequestOutput:
+    """`out` with the generated tokens dropped (scores_prompt_only): the engine samples one
+    token to get the prompt's last row through the model."""
+    outputs = [
+        dataclasses.replace(
+            c, text="", token_ids=[], logprobs=[] if c.logprobs is not None else None,
+            cumulative_logprob=None, finish_reason="length" if c.finish_reason else None,
+            stop_reason=None,
+        )
+        for c in out.outputs
+    ]  # fmt: skip
+    return dataclasses.replace(out, outputs=outputs)
 
 
 def join_logprobs(

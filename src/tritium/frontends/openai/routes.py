@@ -162,6 +162,7 @@ async def _stream(
             while r is not None:
                 out = _output(r)
                 if out is not None:
+                    out = chunks.view(out)
                     prompt_tokens = len(out.prompt_token_ids)
                     completion_tokens += sum(len(c.token_ids) for c in out.outputs)
                     for doc in chunks(out):
@@ -181,7 +182,9 @@ async def _stream(
 class _Chunks:
     """Builds the stream chunks of one request (one id, created time and model)."""
 
-    def __init__(self, model: str, chat: bool, params: Any, echo: str | None) -> None:
+    def __init__(
+        self, model: str, chat: bool, params: Any, echo: str | None, prompt_only: bool = False
+    ) -> None:
         self.id = protocol.new_id("chatcmpl" if chat else "cmpl")
         self.created = protocol.now_s()
         self.model = model
@@ -190,6 +193,7 @@ class _Chunks:
         self.top = params.logprobs or 0
         self.echo = echo
         self.prompt_logprobs: dict[str, Any] | None = None  # the echo's, once they come
+        self.prompt_only = prompt_only  # echo with max_tokens 0: nothing generated shown
         self.started: set[int] = set()
         self.offsets: dict[int, int] = {}
 
@@ -201,6 +205,10 @@ class _Chunks:
             "model": self.model,
             "choices": choices,
         }
+
+    def view(self, out: Any) -> Any:
+        """The output as the client asked for it (protocol.prompt_only)."""
+        return protocol.prompt_only(out) if self.prompt_only else out
 
     def __call__(self, out: Any) -> list[dict[str, Any]]:
         docs = []
@@ -245,14 +253,17 @@ async def _answer(
     """Run a completions or chat call: its chunks as a stream, or its one response (499
     when the client went away first)."""
     ireq = _inference_request(server, body, call)
+    prompt_only = not chat and protocol.scores_prompt_only(body)
     if call.stream:
-        chunks = _Chunks(ireq.model_name, chat, call.params, echo)
+        chunks = _Chunks(ireq.model_name, chat, call.params, echo, prompt_only)
         return await _stream(ireq, server, chunks, _include_usage(body))
     out = await _complete(request, ireq, server)
     if out is None:
         return Response(status_code=499)
     if chat:
         return _json(protocol.chat_response(out, ireq.model_name, call.params))
+    if prompt_only:
+        out = protocol.prompt_only(out)
     return _json(protocol.completion_response(out, ireq.model_name, call.params, echo))
 
 
