@@ -28,9 +28,8 @@ def _scores(out) -> list[tuple[int, float, list[float]]]:
     """Per prompt token 1..: (token, its logprob, the top-k logprobs, best first)."""
     rows = []
     for token, entry in zip(out.prompt_token_ids[1:], out.prompt_logprobs[1:], strict=True):
-        top = sorted((lp for t, lp in entry.items() if t != token or lp.rank <= TOP),
-                     key=lambda lp: -lp.logprob)  # fmt: skip
-        rows.append((token, entry[token].logprob, [lp.logprob for lp in top][:TOP]))
+        top = sorted((lp.logprob for lp in entry.values() if lp.rank <= TOP), reverse=True)
+        rows.append((token, entry[token].logprob, top))
     return rows
 
 

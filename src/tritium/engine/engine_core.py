@@ -46,8 +46,15 @@ def bf16_matmuls_on_cpu(args: EngineArgs) -> bool:
         return False
     if args.quantization is not None or not quant_kernel.is_available():
         return False
-    source = gguf_source(args.model, args.revision) if args.load_format != "dummy" else None
-    return source is None or not gguf.quantized_weight_formats(source)
+    return not is_quantized_gguf(args)
+
+
+def is_quantized_gguf(args: EngineArgs) -> bool:
+    """Whether the model is a GGUF file with quantized weights (dummy weights are not)."""
+    if args.load_format == "dummy":
+        return False
+    source = gguf_source(args.model, args.revision)
+    return source is not None and bool(gguf.quantized_weight_formats(source))
 
 
 def engine_dtype(args: EngineArgs) -> torch.dtype:
@@ -68,10 +75,8 @@ def engine_dtype(args: EngineArgs) -> torch.dtype:
         return dtype
     if args.quantization in CPU_WEIGHT_FORMATS:
         return torch.float32
-    if args.quantization is None:
-        source = gguf_source(args.model, args.revision)
-        if source is not None and gguf.quantized_weight_formats(source):
-            return torch.float32 if quant_kernel.is_available() else dtype
+    if args.quantization is None and is_quantized_gguf(args):
+        return torch.float32 if quant_kernel.is_available() else dtype
     return dtype
 
 

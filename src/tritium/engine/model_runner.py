@@ -50,12 +50,17 @@ class StepResult:
 PROMPT_LOGPROBS_ROWS = 256
 
 
+def batch_order(num_new_tokens: list[int]) -> list[int]:
+    """The order of a step's scheduled sequences in its flattened batch: the single-token
+    queries first (batched decode attention), then the prompt chunks, each in scheduling
+    order (how ModelRunner._prepare and GpuExecutor.prepare lay a step out)."""
+    return sorted(range(len(num_new_tokens)), key=lambda i: num_new_tokens[i] != 1)
+
+
 def first_rows(num_new_tokens: list[int]) -> list[int]:
-    """Where each scheduled sequence's tokens start in a step's flattened batch: the
-    single-token queries first, then the prompt chunks, each in scheduling order (how
-    ModelRunner._prepare and GpuExecutor.prepare lay a step out)."""
+    """Where each scheduled sequence's tokens start in a step's flattened batch."""
     rows, row = [0] * len(num_new_tokens), 0
-    for i in sorted(range(len(num_new_tokens)), key=lambda i: num_new_tokens[i] != 1):
+    for i in batch_order(num_new_tokens):
         rows[i] = row
         row += num_new_tokens[i]
     return rows
@@ -261,7 +266,7 @@ class ModelRunner:
         prompt chunks. Rows to sample are returned in the scheduler's order."""
         bs = self.block_size
         seqs, nums = out.seqs, out.num_new_tokens
-        order = sorted(range(len(seqs)), key=lambda i: nums[i] != 1)
+        order = batch_order(nums)
         ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []

@@ -7,7 +7,6 @@ the OpenAI API reference (completions, chat completions) as vLLM's server answer
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import time
 import uuid
 from typing import Any
@@ -155,25 +154,13 @@ def echo_logprobs(out: RequestOutput, top: int, echo: str) -> dict[str, Any] | N
     entries = out.prompt_logprobs
     if not entries:
         return None
-    scored = [
-        (_sampled(entry, token), entry)
-        for token, entry in zip(out.prompt_token_ids[1:], entries[1:], strict=True)
-        if entry is not None
-    ]
-    rest = "".join(s.decoded_token or "" for s, _ in scored)
-    tokens = [echo[: len(echo) - len(rest)] if echo.endswith(rest) else ""]
-    tokens += [s.decoded_token or "" for s, _ in scored]
-    offsets = [0, *itertools.accumulate(len(t) for t in tokens[:-1])]
-    return {
-        "tokens": tokens,
-        "token_logprobs": [None] + [s.logprob for s, _ in scored],
-        "top_logprobs": [None]
-        + [
-            {(t.decoded_token or ""): t.logprob for t in _top(e, top)} if top else None
-            for _, e in scored
-        ],
-        "text_offset": offsets,
-    }
+    scored = [e for e in entries[1:] if e is not None]  # all but the first
+    rest = _token_logprobs(out.prompt_token_ids[1:], scored, top, 0)
+    text = "".join(rest["tokens"])
+    first = echo[: len(echo) - len(text)] if echo.endswith(text) else ""
+    rest["text_offset"] = [offset + len(first) for offset in rest["text_offset"]]
+    head = {"tokens": [first], "token_logprobs": [None], "top_logprobs": [None], "text_offset": [0]}
+    return join_logprobs(head, rest)
 
 
 def scores_prompt_only(body: dict[str, Any]) -> bool:
@@ -208,8 +195,15 @@ def join_logprobs(
 def completion_logprobs(c: CompletionOutput, top: int, offset: int) -> dict[str, Any] | None:
     if c.logprobs is None:
         return None
+    return _token_logprobs(c.token_ids, c.logprobs, top, offset)
+
+
+def _token_logprobs(
+    token_ids: list[int], entries: list[dict[int, Logprob]], top: int, offset: int
+) -> dict[str, Any]:
+    """A completions `logprobs` object for these tokens, the first at text `offset`."""
     tokens, token_lps, tops, offsets = [], [], [], []
-    for token_id, entry in zip(c.token_ids, c.logprobs, strict=False):
+    for token_id, entry in zip(token_ids, entries, strict=False):
         s = _sampled(entry, token_id)
         token = s.decoded_token or ""
         tokens.append(token)

@@ -212,6 +212,8 @@ class _Chunks:
 
     def __call__(self, out: Any) -> list[dict[str, Any]]:
         docs = []
+        if not self.chat and self.echo is not None and out.prompt_logprobs:
+            self.prompt_logprobs = protocol.echo_logprobs(out, self.top, self.echo)
         for c in out.outputs:
             reason = protocol.finish_reason(c)
             if self.chat:
@@ -225,8 +227,6 @@ class _Chunks:
                                         "finish_reason": reason}]))  # fmt: skip
             else:
                 text, prompt = c.text, None
-                if self.echo is not None and out.prompt_logprobs:
-                    self.prompt_logprobs = protocol.echo_logprobs(out, self.top, self.echo)
                 if c.index not in self.started:
                     self.started.add(c.index)
                     text, prompt = (self.echo or "") + text, self.prompt_logprobs

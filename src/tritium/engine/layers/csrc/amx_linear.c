@@ -451,7 +451,7 @@ int tritium_amx_linear(int kind_int8, int parts, const float* x, int64_t M, int6
   /* B tiles [column tile][K chunk], each 16 rows (pairs of K) of 16 columns x 2 bf16. */
   uint16_t* xv = (uint16_t*)aligned_alloc(64, (size_t)(ct_count * kc_count) * 512 * sizeof(uint16_t));
   if (!xv) return -1;
-  /* Zeros where no row writes: the last tile's columns past 3M. */
+  /* Zeros where no row writes: the last tile's columns past parts * M. */
   memset(xv + (ct_count - 1) * kc_count * 512, 0, (size_t)kc_count * 512 * sizeof(uint16_t));
   int failed = 0;
 #ifdef _OPENMP
